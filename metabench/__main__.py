@@ -1,0 +1,5 @@
+import sys
+
+from metabench.cli import main
+
+sys.exit(main())

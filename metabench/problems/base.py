@@ -1,0 +1,123 @@
+"""The one bilevel problem shape every algorithm sees.
+
+For each task i::
+
+    lower level   phi_i*(theta) = argmin_phi  g_i(theta, phi)        (inner objective)
+    upper level   F(theta)      = mean_i  f_i(theta, phi_i*(theta))   (outer objective)
+    start point   phi_i^0       = phi0_i(theta)                       (inner initialisation)
+
+Problems are evaluated on a batch of tasks at once: ``phi`` carries a leading task
+dimension, ``phi.shape == (len(tasks), *phi_shape)``, and the losses return one value per
+task. Since g_i depends on phi_i alone, the gradient of ``inner_loss(...).sum()`` with
+respect to the stacked ``phi`` is the stack of the per-task gradients (and likewise for
+Hessian-vector products), so algorithms vectorise over tasks with plain autograd.
+
+Two families (``family``):
+
+- ``"maml"``: phi has theta's shape, phi0(theta) = theta, f_i = L_i(phi) (validation loss),
+  g_i = Lhat_i(phi) + lam/2 ||phi - theta||^2;
+- ``"bilevel"``: theta and phi differ, g_i is strongly convex in phi and phi0 does not
+  depend on theta.
+
+Data live as tensors on one device and dtype; ``data_like(theta)`` returns (and caches)
+them on theta's device and dtype, so the computation follows theta.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from metabench._checks import check_finite_tensor, check_shape
+
+__all__ = ["BilevelProblem"]
+
+FAMILIES = ("maml", "bilevel")
+
+
+class BilevelProblem(ABC):
+    """Abstract bilevel meta-learning problem, batched over tasks.
+
+    Subclasses set ``family``, ``n_tasks``, ``theta_shape``, ``phi_shape`` and store their
+    tensors in ``self._data`` (a dict of tensors with a leading task dimension, or scalars).
+    """
+
+    family: ClassVar[str]
+    n_tasks: int
+    theta_shape: tuple[int, ...]
+    phi_shape: tuple[int, ...]
+    _data: dict[str, torch.Tensor]
+
+    # ------------------------------------------------------------------ objectives
+    @abstractmethod
+    def inner_loss(self, theta: torch.Tensor, phi: torch.Tensor, tasks) -> torch.Tensor:
+        """g_i(theta, phi_i) for each task in ``tasks``: shape ``(len(tasks),)``."""
+
+    @abstractmethod
+    def outer_loss(self, theta: torch.Tensor, phi: torch.Tensor, tasks) -> torch.Tensor:
+        """f_i(theta, phi_i) for each task in ``tasks``: shape ``(len(tasks),)``."""
+
+    @abstractmethod
+    def inner_init(self, theta: torch.Tensor, tasks) -> torch.Tensor:
+        """phi0_i(theta) stacked over ``tasks``: shape ``(len(tasks), *phi_shape)``."""
+
+    @property
+    @abstractmethod
+    def inner_strongly_convex(self) -> bool:
+        """Whether every g_i is strongly convex in phi (the implicit methods need it)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """The problem's name and parameters, flat and JSON-friendly, for records."""
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self._data.values())).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self._data.values())).device
+
+    @property
+    def phi0_depends_on_theta(self) -> bool:
+        """True for the MAML family (phi0 = theta)."""
+        return self.family == "maml"
+
+    def data_like(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The problem's tensors on ``theta``'s device and dtype (converted once, cached)."""
+        key = (theta.device, theta.dtype)
+        cache = self.__dict__.setdefault("_data_cache", {})
+        if key not in cache:
+            cache[key] = {k: v.to(device=theta.device, dtype=theta.dtype) for k, v in self._data.items()}
+        return cache[key]
+
+    def task_index(self, tasks=None) -> torch.Tensor:
+        """``tasks`` (None for all, or a sequence of task indices) as a 1-D LongTensor."""
+        if tasks is None:
+            return torch.arange(self.n_tasks)
+        index = torch.as_tensor(tasks)
+        if index.dim() == 0:
+            index = index.reshape(1)
+        if index.dim() != 1 or index.numel() == 0 or index.dtype in (torch.bool,) or index.is_floating_point():
+            raise ValueError(f"tasks must be a non-empty 1-D sequence of integer task indices, got {tasks!r}")
+        index = index.to(torch.long).cpu()
+        if bool(((index < 0) | (index >= self.n_tasks)).any()):
+            raise ValueError(f"tasks must be indices in [0, {self.n_tasks - 1}], got {index.tolist()}")
+        return index
+
+    def check_theta(self, theta) -> torch.Tensor:
+        """Raise a clear error unless ``theta`` is a finite float tensor of ``theta_shape``."""
+        check_finite_tensor("theta", theta)
+        return check_shape("theta", theta, self.theta_shape)
+
+    def check_phi(self, phi, n_tasks: int, name: str = "phi") -> torch.Tensor:
+        """Raise unless ``phi`` is a finite float tensor of shape ``(n_tasks, *phi_shape)``."""
+        check_finite_tensor(name, phi)
+        return check_shape(name, phi, (n_tasks, *self.phi_shape))
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.describe().items() if k != "problem")
+        return f"{type(self).__name__}({params})"
