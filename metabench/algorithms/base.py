@@ -31,7 +31,7 @@ class Option:
 
 
 def _inner_solver(name: str, value: Any) -> str:
-    if value not in INNER_SOLVERS:
+    if not isinstance(value, str) or value not in INNER_SOLVERS:
         raise ValueError(f"{name} must be one of {sorted(INNER_SOLVERS)}, got {value!r}")
     return value
 
@@ -65,11 +65,16 @@ class Algorithm(ABC):
         self.options = {k: self.options_spec[k].check(k, v) for k, v in merged.items()}
         self._check_options()
 
-    def _check_options(self) -> None:
+    def _check_options(self) -> None:  # noqa: B027  (an optional hook)
         """Checks across options (e.g. truncate <= inner_steps); raise ValueError."""
 
-    def check_problem(self, problem: BilevelProblem) -> None:
+    def check_problem(self, problem: BilevelProblem) -> None:  # noqa: B027  (an optional hook)
         """Raise ValueError if this algorithm's formulation does not apply to ``problem``."""
+
+    def differentiated_objective(self) -> dict | None:
+        """Keyword arguments of ``problem.exact_algorithm_gradient`` that give exactly what this
+        algorithm computes (K GD steps, back-prop through the last T), or None if it is not such a derivative."""
+        return None
 
     def __getattr__(self, key: str) -> Any:
         options = self.__dict__.get("options", {})

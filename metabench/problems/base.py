@@ -68,6 +68,10 @@ class BilevelProblem(ABC):
     def inner_strongly_convex(self) -> bool:
         """Whether every g_i is strongly convex in phi (the implicit methods need it)."""
 
+    def inner_hessian_bounds(self, tasks=None) -> tuple[float, float]:
+        """(mu, L), the extreme eigenvalues of the inner Hessians, where the problem knows them."""
+        raise NotImplementedError(f"{type(self).__name__} does not know its inner Hessian's spectrum")
+
     @abstractmethod
     def describe(self) -> dict:
         """The problem's name and parameters, flat and JSON-friendly, for records."""
@@ -98,7 +102,12 @@ class BilevelProblem(ABC):
         """``tasks`` (None for all, or a sequence of task indices) as a 1-D LongTensor."""
         if tasks is None:
             return torch.arange(self.n_tasks)
-        index = torch.as_tensor(tasks)
+        if isinstance(tasks, (str, bytes, set, frozenset, dict)):
+            raise ValueError(f"tasks must be a non-empty 1-D sequence of integer task indices, got {tasks!r}")
+        try:
+            index = torch.as_tensor(tasks)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"tasks must be a non-empty 1-D sequence of integer task indices, got {tasks!r}") from None
         if index.dim() == 0:
             index = index.reshape(1)
         if index.dim() != 1 or index.numel() == 0 or index.dtype in (torch.bool,) or index.is_floating_point():

@@ -20,7 +20,9 @@ __all__ = ["INNER_SOLVERS", "gradient_descent", "nesterov", "run_inner_solver"]
 GradFn = Callable[[torch.Tensor, bool], torch.Tensor]
 
 
-def gradient_descent(grad_fn: GradFn, phi0: torch.Tensor, steps: int, lr: float, backprop_steps: int, **_) -> torch.Tensor:
+def gradient_descent(
+    grad_fn: GradFn, phi0: torch.Tensor, steps: int, lr: float, backprop_steps: int, **_
+) -> torch.Tensor:
     """phi_{k+1} = phi_k - lr grad_phi g(theta, phi_k), k = 0..K-1; returns phi_K."""
     start = steps - backprop_steps
     phi = phi0 if start == 0 else phi0.detach()
@@ -65,11 +67,11 @@ def run_inner_solver(
     momentum: float | None = None,
 ) -> torch.Tensor:
     """Run the named inner solver; raise ``DivergenceError`` if phi_K is not finite."""
-    try:
-        run = INNER_SOLVERS[solver]
-    except KeyError:
-        raise ValueError(f"inner_solver must be one of {sorted(INNER_SOLVERS)}, got {solver!r}") from None
-    phi = run(grad_fn, phi0, steps, lr, backprop_steps, momentum=momentum)
+    if not isinstance(solver, str) or solver not in INNER_SOLVERS:
+        raise ValueError(f"inner_solver must be one of {sorted(INNER_SOLVERS)}, got {solver!r}")
+    if steps == 0:  # phi_K = phi0, as a tensor of its own (phi0 may be a view of theta)
+        return phi0.clone()
+    phi = INNER_SOLVERS[solver](grad_fn, phi0, steps, lr, backprop_steps, momentum=momentum)
     if not bool(torch.isfinite(phi).all()):
         raise DivergenceError(
             f"inner solver {solver!r} diverged: phi is not finite after {steps} steps with inner_lr={lr} "

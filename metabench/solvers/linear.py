@@ -45,7 +45,7 @@ def conjugate_gradient(
     rr = _dot(r, r)
     threshold = (tol**2) * _dot(b, b)
     for _ in range(iters):
-        active = rr > threshold
+        active = ~(rr <= threshold)  # a NaN residual is not convergence: it runs on and surfaces as NaN
         if not bool(active.any()):
             break
         Hp = matvec(p)
