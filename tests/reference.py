@@ -16,9 +16,12 @@ def linear_matrices(problem):
     n, m = X.shape[1], Xv.shape[1]
     H = X.transpose(1, 2) @ X / n
     A = H + problem.lam * torch.eye(X.shape[2], dtype=torch.float64)
-    return A, (X.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1) / n, Xv.transpose(1, 2) @ Xv / m, (
-        Xv.transpose(1, 2) @ yv.unsqueeze(-1)
-    ).squeeze(-1) / m
+    return (
+        A,
+        (X.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1) / n,
+        Xv.transpose(1, 2) @ Xv / m,
+        (Xv.transpose(1, 2) @ yv.unsqueeze(-1)).squeeze(-1) / m,
+    )
 
 
 def linear_gd_iterate(problem, theta, steps, lr):

@@ -80,7 +80,8 @@ class TestClosedFormsAreRight:
         lr = 1.0 / L_of(linear)
         if truncate is None or truncate == steps:
             fd = central_difference(
-                lambda t: linear_meta_loss_after(linear, t, lambda s: linear_gd_iterate(linear, s, steps, lr)), theta_lin
+                lambda t: linear_meta_loss_after(linear, t, lambda s: linear_gd_iterate(linear, s, steps, lr)),
+                theta_lin,
             )
         else:  # phi_{K-T} held constant: differentiate only through the last T steps
             anchor = linear_gd_iterate(linear, theta_lin, steps - truncate, lr)
@@ -254,7 +255,9 @@ def test_neumann_converges_to_exact_hypergradient(problem_name, request):
     exact = problem.exact_hypergradient(theta)
     errors = [
         rel_error(
-            mb.get_algorithm("neumann", inner_steps=2000, inner_lr=lr, neumann_iters=n).hypergradient(problem, theta).grad,
+            mb.get_algorithm("neumann", inner_steps=2000, inner_lr=lr, neumann_iters=n)
+            .hypergradient(problem, theta)
+            .grad,
             exact,
         )
         for n in (0, 10, 100, 2000)

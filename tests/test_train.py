@@ -35,9 +35,7 @@ def test_training_is_deterministic(bilevel):
 
 def test_rm_metal_beats_cold_imaml_with_the_same_steps_and_cg_iterations(bilevel):
     warm = run_rm_metal(bilevel)
-    cold = mb.train(
-        bilevel, "imaml", torch.zeros(5, dtype=F64), 100, 0.005, inner_steps=2, inner_lr=0.9, cg_iters=2
-    )
+    cold = mb.train(bilevel, "imaml", torch.zeros(5, dtype=F64), 100, 0.005, inner_steps=2, inner_lr=0.9, cg_iters=2)
     assert warm.exact_grad_norm[-1] < 0.1 * cold.exact_grad_norm[-1]
 
 

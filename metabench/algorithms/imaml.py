@@ -17,7 +17,9 @@ __all__ = ["CG_OPTIONS", "IMAML"]
 
 CG_OPTIONS = {
     "cg_iters": Option(5, lambda n, v: check_int(n, v, low=0), "conjugate-gradient iterations"),
-    "cg_tol": Option(0.0, lambda n, v: check_real(n, v, low=0.0), "stop CG once ||r|| <= cg_tol ||b|| (0: never early)"),
+    "cg_tol": Option(
+        0.0, lambda n, v: check_real(n, v, low=0.0), "stop CG once ||r|| <= cg_tol ||b|| (0: never early)"
+    ),
 }
 
 

@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 from metabench.algorithms.base import Algorithm
 
-__all__ = ["available_algorithms", "get_algorithm", "register"]
+__all__ = ["algorithm_class", "available_algorithms", "get_algorithm", "register"]
 
 _REGISTRY: dict[str, type[Algorithm]] = {}
 _ENTRY_POINT_GROUP = "metabench.algorithms"
@@ -28,7 +28,15 @@ def register(cls: type[Algorithm]) -> type[Algorithm]:
     return cls
 
 
+_entry_points_loaded = False
+
+
 def _load_entry_points() -> None:
+    """Register the classes other packages expose under the entry-point group (once per process)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
     for ep in entry_points(group=_ENTRY_POINT_GROUP):
         if ep.name not in _REGISTRY:
             register(ep.load())
@@ -40,10 +48,15 @@ def available_algorithms() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_algorithm(name: str, **options) -> Algorithm:
-    """An algorithm instance by name; unknown names or options raise a clear error listing the accepted ones."""
+def algorithm_class(name: str) -> type[Algorithm]:
+    """The registered class of ``name``; an unknown name raises a ValueError listing the available ones."""
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
         raise ValueError(f"unknown algorithm {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY[name]
+
+
+def get_algorithm(name: str, **options) -> Algorithm:
+    """An algorithm instance by name; unknown names or options raise a clear error listing the accepted ones."""
+    return algorithm_class(name)(**options)

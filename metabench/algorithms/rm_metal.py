@@ -43,10 +43,14 @@ class WarmStartState:
 class RMMetaL(ImplicitAlgorithm):
     name = "rm_metal"
     stateful = True
-    options_spec = INNER_OPTIONS | CG_OPTIONS | {
-        "warm_phi": Option(True, _flag, "start the inner solver from the last phi_K of the task"),
-        "warm_v": Option(True, _flag, "start CG from the last v of the task"),
-    }
+    options_spec = (
+        INNER_OPTIONS
+        | CG_OPTIONS
+        | {
+            "warm_phi": Option(True, _flag, "start the inner solver from the last phi_K of the task"),
+            "warm_v": Option(True, _flag, "start CG from the last v of the task"),
+        }
+    )
 
     def start(self, problem, theta, tasks, state):
         phi0 = problem.inner_init(theta, tasks).detach()

@@ -26,6 +26,11 @@ class UnrolledAlgorithm(Algorithm):
         """T, the number of final inner steps back-propagated."""
         return self.inner_steps
 
+    def differentiated_objective(self) -> dict | None:
+        if self.first_order or self.inner_solver != "gd":
+            return None
+        return {"inner_steps": self.inner_steps, "inner_lr": self.inner_lr, "truncate": self.backprop_steps()}
+
     def _compute(self, problem, theta, tasks, state) -> Hypergradient:
         n = len(tasks)
         steps = 0 if self.first_order else self.backprop_steps()

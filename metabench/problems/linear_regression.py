@@ -190,6 +190,13 @@ class LinearMetaRegression(BilevelProblem):
         if self.lam <= 0:
             raise ValueError(f"{what} needs lam > 0 (a unique inner minimiser); this problem has lam = {self.lam}")
 
+    def inner_hessian_bounds(self, tasks=None) -> tuple[float, float]:
+        """(mu, L): the smallest and largest eigenvalue of the inner Hessians over the tasks (float64).
+
+        GD on g converges for inner_lr < 2/L; inner_lr = 1/L is the textbook step."""
+        eig = torch.linalg.eigvalsh(self._quadratics(tasks)[4])
+        return float(eig[:, 0].min()), float(eig[:, -1].max())
+
     def condition_numbers(self, tasks=None) -> torch.Tensor:
         """kappa_i = (eig_max(H_i) + lam) / (eig_min(H_i) + lam), per task (float64)."""
         eig = torch.linalg.eigvalsh(self._quadratics(tasks)[4])
@@ -217,7 +224,9 @@ class LinearMetaRegression(BilevelProblem):
         outer_grad = torch.einsum("tde,te->td", Hv, phi) - bv
         return (self.lam * torch.linalg.solve(A, outer_grad)).mean(0)
 
-    def exact_algorithm_gradient(self, theta, inner_steps: int, inner_lr: float, truncate: int | None = None, tasks=None):
+    def exact_algorithm_gradient(
+        self, theta, inner_steps: int, inner_lr: float, truncate: int | None = None, tasks=None
+    ):
         """d/dtheta mean_i L_i(phi_K), phi_K = K GD steps on g_i from phi0 = theta (float64).
 
         phi_{k+1} = M phi_k + lr (b + lam theta), M = I - lr A. Back-propagating the last T

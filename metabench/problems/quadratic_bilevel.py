@@ -57,8 +57,7 @@ class QuadraticBilevel(BilevelProblem):
             for name, value in zip(("A", "c", "t"), (A, c, t)):
                 if tuple(value.shape) != expected[name]:
                     raise ValueError(
-                        f"tasks[{i}].{name} must have shape {expected[name]} (q = {q} from B), "
-                        f"got {tuple(value.shape)}"
+                        f"tasks[{i}].{name} must have shape {expected[name]} (q = {q} from B), got {tuple(value.shape)}"
                     )
             if B.shape != tasks[0][1].shape:
                 raise ValueError(
@@ -132,7 +131,14 @@ class QuadraticBilevel(BilevelProblem):
         return True  # A_i is checked positive definite on construction
 
     def describe(self) -> dict:
-        return {"problem": "quadratic_bilevel", "n_tasks": self.n_tasks, "p": self.p, "q": self.q, "rho": self.rho, **self._meta}
+        return {
+            "problem": "quadratic_bilevel",
+            "n_tasks": self.n_tasks,
+            "p": self.p,
+            "q": self.q,
+            "rho": self.rho,
+            **self._meta,
+        }
 
     # ------------------------------------------------------------------ closed forms (float64)
     def _matrices(self, tasks=None):
@@ -141,6 +147,13 @@ class QuadraticBilevel(BilevelProblem):
 
     def _theta64(self, theta) -> torch.Tensor:
         return self.check_theta(theta).detach().to(device=self.device, dtype=torch.float64)
+
+    def inner_hessian_bounds(self, tasks=None) -> tuple[float, float]:
+        """(mu, L): the smallest and largest eigenvalue of the inner Hessians over the tasks (float64).
+
+        GD on g converges for inner_lr < 2/L; inner_lr = 1/L is the textbook step."""
+        eig = torch.linalg.eigvalsh(self._matrices(tasks)[0])
+        return float(eig[:, 0].min()), float(eig[:, -1].max())
 
     def condition_numbers(self, tasks=None) -> torch.Tensor:
         """kappa_i = eig_max(A_i) / eig_min(A_i), per task (float64)."""

@@ -1,0 +1,73 @@
+"""A plain summary of stored records: status counts and one Markdown table per sweep.
+
+Reports never re-run anything: they read the tidy records alone.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+__all__ = ["summary_markdown"]
+
+_COLUMNS = {
+    "algorithm": "algorithm",
+    "inner_solver": "solver",
+    "inner_steps": "K",
+    "truncate": "T",
+    "cg_iters": "CG",
+    "neumann_iters": "N",
+    "kappa": "kappa",
+    "status": "status",
+    "rel_error_exact": "rel. error",
+    "hvps": "HVPs",
+    "time_median_s": "time (ms)",
+    "live_peak_bytes": "live peak (KiB)",
+    "matmul_flops": "MFLOP",
+}
+
+
+def _format(column: str, value) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    if column == "rel_error_exact":
+        return f"{value:.2e}"
+    if column == "time_median_s":
+        return f"{1e3 * value:.2f}"
+    if column == "live_peak_bytes":
+        return f"{value / 1024:.1f}"
+    if column == "matmul_flops":
+        return f"{value / 1e6:.3f}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def summary_markdown(records: pd.DataFrame, max_rows: int = 200) -> str:
+    """Status counts and a table of the first ``max_rows`` records of each sweep, as Markdown."""
+    if records.empty:
+        return "# metabench results\n\nNo records.\n"
+    lines = ["# metabench results", ""]
+    for sweep, group in records.groupby("sweep", sort=False, dropna=False):
+        counts = group["status"].value_counts().to_dict()
+        lines += [f"## Sweep `{sweep}`", "", "Cases by status: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
+        machine = group["machine"].iloc[0]
+        if isinstance(machine, dict):
+            lines += [
+                f"Machine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} cores, "
+                f"torch {machine.get('torch_version')}, CUDA available: {machine.get('cuda_available')}",
+                "",
+            ]
+        cols = [c for c in _COLUMNS if c in group]
+        lines.append("| " + " | ".join(_COLUMNS[c] for c in cols) + " |")
+        lines.append("|" + "---|" * len(cols))
+        for _, row in group.head(max_rows).iterrows():
+            lines.append("| " + " | ".join(_format(c, row[c]) for c in cols) + " |")
+        if len(group) > max_rows:
+            lines.append(f"\n({len(group) - max_rows} more records not shown)")
+        failures = group[group["status"] != "ok"]
+        if not failures.empty:
+            lines += ["", "Cases that did not end ok:", ""]
+            for _, row in failures.head(20).iterrows():
+                lines.append(f"- {row['algorithm']} ({row['status']}): {_format('error', row['error'])}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Named sweeps: ``smoke`` (seconds), ``table1`` (iMAML's Table 1), ``bilevel`` (ITD-BiO / RM-MetaL setting)."""
+
+from __future__ import annotations
+
+from metabench.sweep.spec import Sweep
+
+__all__ = ["PRESETS", "get_preset"]
+
+_LOG_STEPS = [1, 3, 10, 30, 100, 300, 1000]
+_KAPPAS = [1.0, 10.0, 100.0, 1000.0, 10000.0]
+_LINEAR = {"problem": "linear_meta_regression", "n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0}
+_BILEVEL = {"problem": "quadratic_bilevel", "n_tasks": 4, "p": 10, "q": 20, "rho": 0.1}
+
+PRESETS: dict[str, dict] = {
+    "smoke": {
+        "name": "smoke",
+        "description": "a handful of cases on tiny problems, every algorithm once: seconds",
+        "defaults": {"inner_lr": "auto", "min_run_time": 0.01, "n_tasks": 2, "kappa": 10.0},
+        "grid": [
+            {
+                "algorithm": ["maml", "truncated", "fomaml", "imaml", "neumann"],
+                "problem": ["linear_meta_regression"],
+                "dim": [8],
+                "n_train": [16],
+                "n_val": [8],
+                "lam": [1.0],
+                "inner_steps": [5, 20],
+                "truncate": [2],
+                "cg_iters": [5],
+            },
+            {
+                "algorithm": ["itd_bio", "rm_metal", "imaml"],
+                "problem": ["quadratic_bilevel"],
+                "p": [4],
+                "q": [8],
+                "rho": [0.1],
+                "inner_steps": [5, 20],
+                "cg_iters": [5],
+            },
+        ],
+    },
+    "table1": {
+        "name": "table1",
+        "description": (
+            "iMAML Table 1 on linear meta-regression: maml, truncated, fomaml, imaml (GD and Nesterov inner "
+            "solvers for maml and imaml), inner steps 1..1000, cg_iters 1..20, kappa 1..1e4"
+        ),
+        "defaults": {**_LINEAR, "inner_lr": "auto", "min_run_time": 0.05},
+        "grid": [
+            {
+                "algorithm": ["maml"],
+                "inner_solver": ["gd", "nesterov"],
+                "momentum": ["auto"],
+                "inner_steps": _LOG_STEPS,
+                "kappa": _KAPPAS,
+            },
+            {"algorithm": ["truncated"], "truncate": [1, 10, 100], "inner_steps": _LOG_STEPS, "kappa": _KAPPAS},
+            {"algorithm": ["fomaml"], "inner_steps": _LOG_STEPS, "kappa": _KAPPAS},
+            {
+                "algorithm": ["imaml"],
+                "inner_solver": ["gd", "nesterov"],
+                "momentum": ["auto"],
+                "inner_steps": _LOG_STEPS,
+                "cg_iters": [1, 2, 5, 10, 20],
+                "kappa": _KAPPAS,
+            },
+        ],
+    },
+    "bilevel": {
+        "name": "bilevel",
+        "description": "itd_bio, rm_metal, imaml and neumann on the quadratic bilevel problem",
+        "defaults": {**_BILEVEL, "inner_lr": "auto", "min_run_time": 0.05},
+        "grid": [
+            {"algorithm": ["itd_bio"], "inner_steps": [1, 10, 100, 1000], "kappa": [1.0, 10.0, 100.0, 1000.0]},
+            {
+                "algorithm": ["imaml", "rm_metal"],
+                "inner_steps": [1, 10, 100, 1000],
+                "cg_iters": [1, 5, 20],
+                "kappa": [1.0, 10.0, 100.0, 1000.0],
+            },
+            {
+                "algorithm": ["neumann"],
+                "inner_steps": [1, 10, 100, 1000],
+                "neumann_iters": [10, 100, 1000],
+                "kappa": [1.0, 10.0, 100.0, 1000.0],
+            },
+        ],
+    },
+}
+
+
+def get_preset(name: str) -> Sweep:
+    """The named preset sweep."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    return Sweep.from_dict(PRESETS[name])

@@ -1,0 +1,214 @@
+"""Sweeps: grid expansion, every outcome a record, resuming after a kill, the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from metabench.cli import main
+from metabench.results import ResultsStore, load_records, read_records
+from metabench.sweep import Sweep, get_preset, run_case, run_sweep
+
+TINY = {
+    "problem": "linear_meta_regression",
+    "n_tasks": 2,
+    "dim": 4,
+    "n_train": 8,
+    "n_val": 4,
+    "kappa": 10.0,
+    "lam": 1.0,
+    "min_run_time": 0.001,
+    "inner_lr": "auto",
+}
+
+
+def tiny_sweep(name="tiny", **grid):
+    return Sweep(name=name, defaults=dict(TINY), grid=[grid or {"algorithm": ["maml", "imaml"], "inner_steps": [1, 3]}])
+
+
+class TestSpec:
+    def test_options_an_algorithm_does_not_take_are_dropped_not_multiplied(self):
+        cases = tiny_sweep(algorithm=["maml", "imaml"], inner_steps=[2], cg_iters=[1, 2, 3]).cases()
+        assert sorted(c["algorithm"] for c in cases) == ["imaml", "imaml", "imaml", "maml"]
+
+    def test_impossible_truncation_is_dropped(self):
+        cases = tiny_sweep(algorithm=["truncated"], inner_steps=[2, 5], truncate=[1, 3]).cases()
+        assert sorted((c["options"]["inner_steps"], c["options"]["truncate"]) for c in cases) == [
+            (2, 1),
+            (5, 1),
+            (5, 3),
+        ]
+
+    def test_case_ids_are_unique_and_stable(self):
+        a, b = get_preset("table1").cases(), get_preset("table1").cases()
+        assert [c["case_id"] for c in a] == [c["case_id"] for c in b]
+        assert len({c["case_id"] for c in a}) == len(a)
+
+    def test_table1_covers_the_required_grid(self):
+        cases = get_preset("table1").cases()
+        seen = {(c["algorithm"], c["options"].get("inner_solver", "gd")) for c in cases}
+        assert {
+            ("maml", "gd"),
+            ("maml", "nesterov"),
+            ("imaml", "gd"),
+            ("imaml", "nesterov"),
+            ("truncated", "gd"),
+            ("fomaml", "gd"),
+        } <= seen
+        steps = {c["options"]["inner_steps"] for c in cases}
+        assert min(steps) == 1 and max(steps) == 1000
+        assert {c["options"].get("cg_iters") for c in cases if c["algorithm"] == "imaml"} >= {1, 20}
+        assert {c["problem_params"]["kappa"] for c in cases} >= {1.0, 1e4}
+
+    def test_unknown_parameter_is_named(self):
+        with pytest.raises(ValueError, match="unknown sweep parameter.*'inner_stpes'"):
+            tiny_sweep(algorithm=["maml"], inner_stpes=[1]).cases()
+
+    def test_unknown_algorithm_and_problem(self):
+        with pytest.raises(ValueError, match="unknown algorithm 'mamll'"):
+            tiny_sweep(algorithm=["mamll"]).cases()
+        with pytest.raises(ValueError, match="unknown problem"):
+            tiny_sweep(algorithm=["maml"], problem=["nope"]).cases()
+
+    def test_bad_grid_shapes(self):
+        with pytest.raises(ValueError, match=r"grid\[0\]\.inner_steps must be a non-empty list"):
+            Sweep(name="x", grid=[{"inner_steps": 3}])
+        with pytest.raises(ValueError, match="sweep name"):
+            Sweep(name="a b", grid=[{"algorithm": ["maml"]}])
+        with pytest.raises(ValueError, match="unknown preset"):
+            get_preset("nope")
+
+    def test_toml_file(self, tmp_path):
+        path = tmp_path / "mine.toml"
+        path.write_text(
+            'name = "mine"\n[defaults]\nproblem = "quadratic_bilevel"\nn_tasks = 2\np = 3\nq = 4\nkappa = 5.0\n'
+            'rho = 0.1\ninner_lr = "auto"\n[[grid]]\nalgorithm = ["itd_bio", "rm_metal"]\ninner_steps = [2, 4]\n'
+        )
+        sweep = Sweep.from_file(path)
+        assert sweep.name == "mine" and len(sweep.cases()) == 4
+
+    def test_file_suffix(self, tmp_path):
+        path = tmp_path / "mine.json"
+        path.write_text("{}")
+        with pytest.raises(ValueError, match=r"\.toml, \.yaml or \.yml"):
+            Sweep.from_file(path)
+
+
+class TestOutcomes:
+    def case(self, **flat):
+        return tiny_sweep(**{k: [v] for k, v in flat.items()}).cases()[0]
+
+    def test_ok_record_has_measures_and_exact_errors(self):
+        record = run_case(self.case(algorithm="maml", inner_steps=3))
+        assert record["status"] == "ok", record["error"]
+        assert record["rel_error_algorithm"] < 1e-12 and record["rel_error_exact"] > 0
+        assert record["inner_grads"] == 2 * 3 and record["live_peak_bytes"] > 0 and record["matmul_flops"] > 0
+        assert record["time_median_s"] > 0 and record["git_commit"] != ""
+
+    def test_cpu_records_say_cuda_and_nvml_are_unavailable(self):
+        record = run_case(self.case(algorithm="imaml", inner_steps=3))
+        assert record["cuda_max_allocated_bytes"] is None and record["cuda_status"].startswith("unavailable")
+        assert record["nvml_peak_bytes"] is None and record["nvml_status"].startswith("unavailable")
+        assert record["machine"]["cuda_available"] is False
+
+    def test_diverging_inner_lr_is_a_diverged_record(self):
+        record = run_case(self.case(algorithm="maml", inner_steps=400, inner_lr=50.0))
+        assert record["status"] == "diverged" and "inner_lr" in record["error"]
+
+    def test_inapplicable_algorithm_is_skipped_with_reason(self):
+        case = self.case(algorithm="imaml", inner_steps=3, lam=0.0, n_train=8)
+        record = run_case(case)
+        assert record["status"] == "skipped"  # lam = 0 with n_train >= dim: imaml refuses
+        assert "lam" in record["error"]
+
+    def test_bad_option_value_is_a_failed_record(self):
+        record = run_case(self.case(algorithm="imaml", inner_steps=3, cg_iters=-1))
+        assert record["status"] == "failed" and "cg_iters" in record["error"]
+
+    def test_sweep_goes_on_after_failures(self, tmp_path):
+        sweep = Sweep(
+            name="mixed",
+            defaults=dict(TINY),
+            grid=[
+                {"algorithm": ["maml"], "inner_steps": [400], "inner_lr": [50.0]},
+                {"algorithm": ["fomaml"], "problem": ["quadratic_bilevel"], "p": [2], "q": [3], "rho": [0.1]},
+                {"algorithm": ["maml"], "inner_steps": [2]},
+            ],
+        )
+        summary = run_sweep(sweep, tmp_path, progress=False)
+        assert summary.statuses == {"diverged": 1, "skipped": 1, "ok": 1}
+        assert list(load_records(tmp_path)["status"]) == ["diverged", "skipped", "ok"]
+
+
+class TestResume:
+    def test_rerun_skips_finished_cases(self, tmp_path):
+        sweep = tiny_sweep()
+        first = run_sweep(sweep, tmp_path, progress=False, limit=2)
+        second = run_sweep(sweep, tmp_path, progress=False)
+        assert (first.ran, second.ran, second.already_done) == (2, 2, 2)
+        ids = [r["case_id"] for r in read_records(tmp_path / "tiny.jsonl")]
+        assert sorted(ids) == sorted(c["case_id"] for c in sweep.cases())
+
+    def test_store_refuses_duplicates_and_repairs_a_torn_line(self, tmp_path):
+        store = ResultsStore(tmp_path / "s.jsonl")
+        store.append({"case_id": "a", "x": 1.0})
+        with pytest.raises(ValueError, match="already"):
+            store.append({"case_id": "a"})
+        with open(tmp_path / "s.jsonl", "a") as fh:
+            fh.write('{"case_id": "b", "x"')  # killed mid-write
+        assert [r["case_id"] for r in read_records(tmp_path / "s.jsonl")] == ["a"]
+        reopened = ResultsStore(tmp_path / "s.jsonl")
+        reopened.append({"case_id": "b", "x": float("nan")})
+        lines = (tmp_path / "s.jsonl").read_text().splitlines()
+        assert [json.loads(line)["case_id"] for line in lines] == ["a", "b"] and json.loads(lines[1])["x"] is None
+
+    def test_sigkill_mid_sweep_then_rerun_gives_every_case_once(self, tmp_path):
+        config = tmp_path / "kill.toml"
+        config.write_text(
+            'name = "kill"\n[defaults]\nproblem = "linear_meta_regression"\nn_tasks = 2\ndim = 6\nn_train = 12\n'
+            'n_val = 6\nkappa = 10.0\nlam = 1.0\ninner_lr = "auto"\nmin_run_time = 0.05\n'
+            '[[grid]]\nalgorithm = ["maml", "imaml", "fomaml"]\ninner_steps = [1, 2, 3, 4, 5, 6, 7, 8]\n'
+        )
+        out = tmp_path / "out"
+        store = out / "kill.jsonl"
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metabench", "run", "--config", str(config), "--out", str(out), "--no-progress"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not store.exists() or len(read_records(store)) < 3):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_before = len(read_records(store))
+        assert 3 <= done_before < 24, "the sweep should have been killed part-way"
+        summary = run_sweep(Sweep.from_file(config), out, progress=False)
+        ids = [r["case_id"] for r in read_records(store)]
+        assert len(ids) == len(set(ids)) == 24
+        assert summary.ran == 24 - done_before
+
+
+def test_cli_run_list_report(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'name = "c"\n[defaults]\nn_tasks = 2\ndim = 3\nn_train = 6\nn_val = 3\nkappa = 2.0\nlam = 1.0\n'
+        'min_run_time = 0.001\n[[grid]]\nalgorithm = ["maml", "truncated"]\ninner_steps = [2]\n'
+        "truncate = [1]\n"
+    )
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "summary.md").read_text()
+    assert "Sweep `c`" in text and "| maml |" in text and "| truncated |" in text
+    assert main(["list"]) == 0
+    assert "table1" in capsys.readouterr().out
+    assert main(["run", "--preset", "nope", "--out", str(tmp_path)]) == 2
