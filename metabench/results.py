@@ -35,6 +35,7 @@ RECORD_FIELDS: dict[str, str] = {
     "sweep": "name of the sweep that produced the record",
     "status": "one of " + ", ".join(STATUSES),
     "error": "error text for a status other than ok, else null",
+    "traceback": "the last frames of the traceback, for status failed only",
     # the case
     "algorithm": "registered algorithm name",
     "options": "the algorithm's options after defaults and 'auto' were resolved (dict)",
@@ -54,6 +55,7 @@ RECORD_FIELDS: dict[str, str] = {
     "device": "torch device of theta",
     "dtype": "float32 or float64",
     "seed": "seed of the problem and of theta",
+    "threads": "torch intra-op threads during the case",
     # measures
     "time_median_s": "median wall time of one hypergradient (synchronised), seconds",
     "time_iqr_s": "interquartile range of the timed runs, seconds",
@@ -74,8 +76,8 @@ RECORD_FIELDS: dict[str, str] = {
     "hvps": "oracle count: Hessian-vector products",
     "jvps": "oracle count: mixed second-derivative products",
     "grad_norm": "l2 norm of the computed hypergradient",
-    "rel_error_exact": "||grad - exact hypergradient|| / ||exact||, null where no closed form",
-    "rel_error_algorithm": "||grad - exact derivative of the algorithm run|| / ||that||, null where undefined",
+    "rel_error_exact": "norm(grad - exact hypergradient) / norm(exact), null where no closed form",
+    "rel_error_algorithm": "norm(grad - exact derivative of the algorithm run) / norm(that), null where undefined",
     # provenance
     "metabench_version": "installed metabench version",
     "git_commit": "git commit of the metabench checkout (+dirty), null outside git",

@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from metabench.algorithms.imaml import IMAML
 from metabench.cli import main
+from metabench.errors import SolverBreakdown
 from metabench.results import ResultsStore, load_records, read_records
 from metabench.sweep import Sweep, get_preset, run_case, run_sweep
 
@@ -132,6 +135,24 @@ class TestOutcomes:
         record = run_case(self.case(algorithm="imaml", inner_steps=3, cg_iters=-1))
         assert record["status"] == "failed" and "cg_iters" in record["error"]
 
+    @pytest.mark.parametrize(
+        "raised, status, text",
+        [
+            (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom", "out of memory"),
+            (MemoryError("cannot allocate"), "oom", "cannot allocate"),
+            (SolverBreakdown("p'Hp <= 0"), "failed", "solver breakdown"),
+        ],
+        ids=["cuda-oom", "host-oom", "cg-breakdown"],
+    )
+    def test_out_of_memory_and_breakdown_are_records(self, monkeypatch, raised, status, text):
+        def broken_solve(self, matvec, rhs, v0):
+            raise raised
+
+        monkeypatch.setattr(IMAML, "solve", broken_solve)
+        record = run_case(self.case(algorithm="imaml", inner_steps=3))
+        assert record["status"] == status and text in record["error"]
+        assert "time_median_s" not in record and "rel_error_exact" not in record  # nothing invented
+
     def test_sweep_goes_on_after_failures(self, tmp_path):
         sweep = Sweep(
             name="mixed",
@@ -212,3 +233,15 @@ def test_cli_run_list_report(tmp_path, capsys):
     assert main(["list"]) == 0
     assert "table1" in capsys.readouterr().out
     assert main(["run", "--preset", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_schema_documents_every_record_field_and_the_readme_lists_them():
+    from metabench.results import RECORD_FIELDS
+
+    case = tiny_sweep(algorithm=["imaml"], inner_steps=[2]).cases()[0]
+    failed = tiny_sweep(algorithm=["imaml"], inner_steps=[2], cg_iters=[-1]).cases()[0]
+    for record in (run_case(case), run_case(failed)):
+        assert set(record) <= set(RECORD_FIELDS), set(record) - set(RECORD_FIELDS)
+    assert set(run_case(case)) | {"traceback", "error"} >= set(RECORD_FIELDS) - {"traceback"}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in RECORD_FIELDS)

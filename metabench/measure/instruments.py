@@ -110,6 +110,7 @@ def measure_call(
     device: torch.device | str,
     *,
     min_run_time: float = 0.2,
+    warmup: bool = True,
     instruments: Iterable[str] = INSTRUMENTS,
 ) -> tuple[dict, Any]:
     """Measure ``fn()`` on ``device``: ``(measures, result)``.
@@ -117,7 +118,8 @@ def measure_call(
     ``measures`` holds the keys of ``MEASURE_KEYS`` for each requested instrument family
     (``"time"``, ``"memory"``, ``"flops"``), in separate passes; keys of families not requested
     are absent. ``result`` is ``fn``'s return value from its last call (``fn`` is called once
-    more, bare, when only ``"time"`` is requested). Exceptions from ``fn`` propagate.
+    more, bare, when only ``"time"`` is requested). ``warmup=False`` skips the timing pass's
+    warm-up call, for a caller that has just called ``fn``. Exceptions from ``fn`` propagate.
     """
     requested = tuple(instruments)
     unknown = sorted(set(requested) - set(INSTRUMENTS))
@@ -127,7 +129,7 @@ def measure_call(
     call = _LastResult(fn)
     measures: dict[str, Any] = {}
     if "time" in requested:
-        measures.update(time_call(fn, device, min_run_time=min_run_time))
+        measures.update(time_call(fn, device, min_run_time=min_run_time, warmup=warmup))
     if "memory" in requested:
         memory = _memory_pass(call, device, with_saved_hooks=True)
         if memory["saved_status"] == SAVED_HOOKS_UNAVAILABLE:

@@ -29,18 +29,28 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], Any], device: torch.device | str, min_run_time: float = 0.2) -> dict:
+def time_call(
+    fn: Callable[[], Any], device: torch.device | str, min_run_time: float = 0.2, min_runs: int = 3, warmup: bool = True
+) -> dict:
     """Time ``fn()``: ``{"time_median_s", "time_iqr_s", "time_runs"}``.
 
     ``time_runs`` is the number of timed blocks the median and IQR are taken over (each block is
-    the mean of ``number_per_run`` back-to-back calls chosen by ``blocked_autorange``).
+    the mean of ``number_per_run`` back-to-back calls chosen by ``blocked_autorange``); when
+    ``min_run_time`` gives fewer than ``min_runs`` blocks (a slow call), more blocks of the same
+    size are timed, so there is always a spread.
     """
     if min_run_time <= 0:
         raise ValueError(f"min_run_time must be > 0, got {min_run_time!r}")
-    fn()  # warm-up: lazy initialisation, caches, CUDA context
-    synchronize(device)
+    if min_runs < 1:
+        raise ValueError(f"min_runs must be >= 1, got {min_runs!r}")
+    if warmup:  # lazy initialisation, caches, CUDA context; skip only if the caller just ran fn
+        fn()
+        synchronize(device)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    if len(measurement.times) < min_runs:
+        extra = [timer.timeit(measurement.number_per_run) for _ in range(min_runs - len(measurement.times))]
+        measurement = benchmark.Measurement.merge([measurement, *extra])[0]
     return {
         "time_median_s": float(measurement.median),
         "time_iqr_s": float(measurement.iqr),

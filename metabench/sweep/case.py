@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import math
 import traceback
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -23,7 +24,7 @@ from metabench.measure import git_commit, machine_info, measure_call
 from metabench.problems import available_problems
 from metabench.results import SCHEMA_VERSION
 
-__all__ = ["build_problem", "run_case"]
+__all__ = ["PreparedCase", "build_problem", "prepare_case", "run_case"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _OOM = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
@@ -122,6 +123,7 @@ def _base_record(case: dict) -> dict:
         "device": case["device"],
         "dtype": case["dtype"],
         "seed": case["seed"],
+        "threads": case.get("threads"),
     }
 
 
@@ -134,17 +136,53 @@ def _status_of(err: BaseException) -> str:
 
 
 def run_case(case: dict, instruments=("time", "memory", "flops")) -> dict:
-    """Measure one case; always returns a record (see ``metabench.results.RECORD_FIELDS``)."""
+    """Measure one case; always returns a record (see ``metabench.results.RECORD_FIELDS``).
+
+    With ``threads`` set, torch's intra-op thread count is that number during the case only.
+    """
+    threads, previous = case.get("threads"), torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        record = _measure_case(case, instruments)
+    finally:
+        torch.set_num_threads(previous)
+    return record | {"threads": torch.get_num_threads() if threads is None else int(threads)}
+
+
+@dataclass
+class PreparedCase:
+    """What a case computes: ``algorithm.hypergradient(problem, theta, tasks=tasks)``."""
+
+    problem: Any
+    algorithm: Any
+    theta: torch.Tensor
+    tasks: list[int] | None
+
+    def __call__(self):
+        return self.algorithm.hypergradient(self.problem, self.theta, tasks=self.tasks)
+
+
+def prepare_case(case: dict) -> PreparedCase:
+    """Build the problem (cached), theta, the algorithm (``"auto"`` options resolved) and the task batch.
+
+    Raises ValueError/TypeError for a bad case; applicability (``check_problem``) is not checked here.
+    """
+    problem = build_problem(case)
+    theta = _theta(case, problem)
+    algorithm = get_algorithm(case["algorithm"], **_resolve_options(case["options"], problem))
+    batch = case.get("task_batch")
+    tasks = None if batch is None else list(range(min(int(batch), problem.n_tasks)))
+    return PreparedCase(problem, algorithm, theta, tasks)
+
+
+def _measure_case(case: dict, instruments) -> dict:
     record = _base_record(case)
     try:
-        problem = build_problem(case)
-        theta = _theta(case, problem)
-        options = _resolve_options(case["options"], problem)
-        algorithm = get_algorithm(case["algorithm"], **options)
+        prepared = prepare_case(case)
+        problem, algorithm, theta, tasks = prepared.problem, prepared.algorithm, prepared.theta, prepared.tasks
         record.update(options=algorithm.options, **{k: algorithm.options.get(k) for k in ("inner_lr", "inner_solver")})
         record["dim"] = problem.phi_shape[0]
-        batch = case.get("task_batch")
-        tasks = None if batch is None else list(range(min(int(batch), problem.n_tasks)))
         record["task_batch"] = problem.n_tasks if tasks is None else len(tasks)
     except (ValueError, TypeError) as err:
         return record | {"status": "failed", "error": f"bad case: {err}"} | _provenance() | _stamp()
@@ -153,14 +191,15 @@ def run_case(case: dict, instruments=("time", "memory", "flops")) -> dict:
     except ValueError as err:
         return record | {"status": "skipped", "error": str(err)} | _provenance() | _stamp()
     try:
-        result = algorithm.hypergradient(problem, theta, tasks=tasks)
+        result = prepared()
         record.update(result.counts.as_dict())
         record.update(_errors(problem, algorithm, theta, result.tasks, result.grad))
         del result
         measures, _ = measure_call(
-            lambda: algorithm.hypergradient(problem, theta, tasks=tasks),
+            prepared,
             theta.device,
             min_run_time=float(case.get("min_run_time", 0.1)),
+            warmup=False,  # the call above was the warm-up
             instruments=instruments,
         )
         record.update(measures)

@@ -8,14 +8,24 @@ __all__ = ["PRESETS", "get_preset"]
 
 _LOG_STEPS = [1, 3, 10, 30, 100, 300, 1000]
 _KAPPAS = [1.0, 10.0, 100.0, 1000.0, 10000.0]
-_LINEAR = {"problem": "linear_meta_regression", "n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0}
-_BILEVEL = {"problem": "quadratic_bilevel", "n_tasks": 4, "p": 10, "q": 20, "rho": 0.1}
+# The closed-form problems are small dense matrices: intra-op threads only add contention, and one
+# thread keeps timings comparable across machines.
+_LINEAR = {
+    "threads": 1,
+    "problem": "linear_meta_regression",
+    "n_tasks": 4,
+    "dim": 20,
+    "n_train": 40,
+    "n_val": 40,
+    "lam": 1.0,
+}
+_BILEVEL = {"threads": 1, "problem": "quadratic_bilevel", "n_tasks": 4, "p": 10, "q": 20, "rho": 0.1}
 
 PRESETS: dict[str, dict] = {
     "smoke": {
         "name": "smoke",
         "description": "a handful of cases on tiny problems, every algorithm once: seconds",
-        "defaults": {"inner_lr": "auto", "min_run_time": 0.01, "n_tasks": 2, "kappa": 10.0},
+        "defaults": {"inner_lr": "auto", "min_run_time": 0.01, "n_tasks": 2, "kappa": 10.0, "threads": 1},
         "grid": [
             {
                 "algorithm": ["maml", "truncated", "fomaml", "imaml", "neumann"],

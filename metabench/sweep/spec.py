@@ -5,7 +5,7 @@ values per parameter). Each block is the cartesian product of its lists over the
 sweep is the union of its blocks, without duplicates. A case has three kinds of parameters:
 
 - run parameters (``RUN_DEFAULTS``): algorithm, problem, device, dtype, seed, task_batch, theta,
-  min_run_time;
+  min_run_time (seconds of timed runs), threads (torch intra-op threads; None keeps torch's default);
 - the problem's generator parameters (e.g. dim, kappa, lam for linear_meta_regression);
 - the algorithm's options (e.g. inner_steps, cg_iters).
 A parameter the case's problem or algorithm does not take is dropped (cg_iters means nothing to
@@ -42,6 +42,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "task_batch": None,
     "theta": "random",
     "min_run_time": 0.1,
+    "threads": None,
 }
 AUTO = "auto"
 

@@ -1,0 +1,39 @@
+"""Seeded, cached builders shared by the suites: every case goes through metabench's own sweep API."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from metabench.sweep import normalise_case, prepare_case, run_case
+
+# Small enough that a full asv run stays within minutes on a 2-core CPU.
+LINEAR = {"problem": "linear_meta_regression", "n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0}
+BILEVEL = {"problem": "quadratic_bilevel", "n_tasks": 4, "p": 10, "q": 20, "rho": 0.1}
+RUN = {"inner_lr": "auto", "threads": 1, "seed": 0}
+
+
+def case(**params) -> dict:
+    """A normalised case from flat parameters (problem defaults + run defaults + ``params``)."""
+    base = LINEAR if params.get("problem", LINEAR["problem"]) == LINEAR["problem"] else BILEVEL
+    built = normalise_case({**base, **RUN, **params})
+    if built is None:
+        raise NotImplementedError(f"no such case: {params}")
+    return built
+
+
+def prepared(**params):
+    """The zero-argument hypergradient call of a case (problem generated once per process)."""
+    return prepare_case(case(**params))
+
+
+@cache
+def _record(items: tuple) -> dict:
+    return run_case(case(**dict(items)), instruments=("memory", "flops"))
+
+
+def record(**params) -> dict:
+    """The case's metabench record without timing (memory, FLOPs, counts, errors), cached per process."""
+    result = _record(tuple(sorted(params.items())))
+    if result["status"] != "ok":
+        raise RuntimeError(f"case {params} ended {result['status']}: {result['error']}")
+    return result
