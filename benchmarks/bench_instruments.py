@@ -2,7 +2,7 @@
 
 from metabench.measure import instrument_overhead
 
-from .common import prepared
+from .common import TINY, prepared
 
 
 class InstrumentOverhead:
@@ -12,7 +12,11 @@ class InstrumentOverhead:
 
     def setup_cache(self):
         return {
-            name: instrument_overhead(prepared(algorithm=name, inner_steps=50, kappa=10.0), "cpu", min_run_time=0.2)
+            name: instrument_overhead(
+                prepared(algorithm=name, inner_steps=2 if TINY else 50, kappa=10.0),
+                "cpu",
+                min_run_time=0.01 if TINY else 0.2,
+            )
             for name in self.params[0]
         }
 

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from functools import cache
+import os
+
+import torch
 
 from metabench.sweep import normalise_case, prepare_case, run_case
+
+# One intra-op thread: the problems are small dense matrices, where threads only add contention
+# (and the sweep presets measure the same way).
+torch.set_num_threads(1)
+
+#: METABENCH_ASV_TINY=1 shrinks every grid to one small point per axis (CI's discover-and-run-once check).
+TINY = os.environ.get("METABENCH_ASV_TINY") == "1"
+
+
+def grid(full: tuple, tiny: tuple) -> tuple:
+    """The parameter grid of a suite: ``full``, or ``tiny`` under METABENCH_ASV_TINY=1."""
+    return tiny if TINY else full
+
 
 # Small enough that a full asv run stays within minutes on a 2-core CPU.
 LINEAR = {"problem": "linear_meta_regression", "n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0}
@@ -26,14 +41,9 @@ def prepared(**params):
     return prepare_case(case(**params))
 
 
-@cache
-def _record(items: tuple) -> dict:
-    return run_case(case(**dict(items)), instruments=("memory", "flops"))
-
-
 def record(**params) -> dict:
-    """The case's metabench record without timing (memory, FLOPs, counts, errors), cached per process."""
-    result = _record(tuple(sorted(params.items())))
+    """The case's metabench record without timing (memory, FLOPs, counts, errors)."""
+    result = run_case(case(**params), instruments=("memory", "flops"))
     if result["status"] != "ok":
         raise RuntimeError(f"case {params} ended {result['status']}: {result['error']}")
     return result

@@ -1,0 +1,44 @@
+"""The asv suites are discovered and every benchmark runs once (tiny grid), so a broken suite fails CI."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def asv(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HOME": str(home), "METABENCH_ASV_TINY": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "asv", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_every_asv_benchmark_is_discovered_and_runs_once(tmp_path):
+    assert asv("machine", "--yes", "--machine", "ci-check", home=tmp_path).returncode == 0
+    check = asv("check", "--python=same", home=tmp_path)
+    assert check.returncode == 0 and "No problems found" in check.stdout, check.stdout + check.stderr
+    run = asv("run", "--python=same", "--quick", "--dry-run", "--show-stderr", "--machine", "ci-check", home=tmp_path)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output  # asv exits 2 when any benchmark fails
+    # asv prints "[ 42%] ··· ...rHypergradientQuality.track_saved_bytes   ok": the class name may be cut on the left
+    ran = re.findall(r"(\w+)\.(\w+)\s+ok\s*$", output, flags=re.M)
+    expected = {
+        "LinearHypergradient.time_hypergradient",
+        "LinearHypergradient.peakmem_hypergradient",
+        "LinearHypergradientQuality.track_rel_error_exact",
+        "LinearHypergradientQuality.track_live_peak_bytes",
+        "BilevelHypergradient.time_hypergradient",
+        "InstrumentOverhead.track_live_tracker_ratio",
+    }
+    missing = {
+        name
+        for name in expected
+        if not any(name.split(".")[0].endswith(cls) and name.split(".")[1] == method for cls, method in ran)
+    }
+    assert not missing, f"not run: {missing}\n{output[-3000:]}"
+    assert "failed" not in output.lower()
