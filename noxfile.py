@@ -69,7 +69,7 @@ def bench(session: nox.Session) -> None:
     _install(session, extras="")
     preset = session.posargs[0] if session.posargs else "smoke"
     session.run("metabench", "run", "--preset", preset, "--out", "results")
-    session.run("metabench", "report", "results", "--out", "reports")
+    session.run("metabench", "report", "results", "--out", f"reports/{preset}")
 
 
 @nox.session

@@ -23,16 +23,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from metabench.report import summary_markdown
+    from metabench.report import build_report
     from metabench.results import load_records
 
-    text = summary_markdown(load_records(args.results))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "summary.md"
-    target.write_text(text)
-    print(text)
-    print(f"written to {target}", file=sys.stderr)
+    records = load_records(args.results)
+    paths = build_report(records, args.out, title=args.title)
+    print(f"{len(records)} records -> " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0
 
 
@@ -62,6 +58,91 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_PROFILE_DEFAULTS: dict[str, dict] = {
+    "linear_meta_regression": {"n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0, "kappa": 10.0},
+    "quadratic_bilevel": {"n_tasks": 4, "p": 10, "q": 20, "rho": 0.1, "kappa": 10.0},
+}
+
+
+def _parse_value(text: str):
+    """``--set`` values: int, then float, then None/true/false, else the string itself."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"none": None, "null": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def _profile_case(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The structured case the ``profile`` flags describe, and the parameters the user gave."""
+    from metabench.sweep import normalise_case
+
+    given: dict = {"algorithm": args.algorithm, "problem": args.problem, "device": args.device}
+    for flag, key in (("inner_steps", "inner_steps"), ("cg_iters", "cg_iters"), ("kappa", "kappa")):
+        if getattr(args, flag) is not None:
+            given[key] = getattr(args, flag)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        given[key.strip()] = _parse_value(value.strip())
+    problem = given["problem"]
+    if problem not in _PROFILE_DEFAULTS:
+        raise ValueError(f"unknown problem {problem!r}; profile knows: {sorted(_PROFILE_DEFAULTS)}")
+    flat = {**_PROFILE_DEFAULTS[problem], "inner_lr": "auto", **given}
+    case = normalise_case(flat)
+    if case is None:
+        raise ValueError(f"this case cannot exist (truncate > inner_steps?): {given}")
+    if case.get("mode", "hypergradient") != "hypergradient":
+        raise ValueError(f"profile records one hypergradient; mode {case['mode']!r} is not supported")
+    return case, given
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from metabench.measure.profiler import profile_call
+    from metabench.sweep import RUN_DEFAULTS, prepare_case
+
+    case, given = _profile_case(args)
+    ignored = sorted(set(given) - set(RUN_DEFAULTS) - set(case["options"]) - set(case["problem_params"]))
+    if ignored:
+        print(f"note: ignored {ignored}: not taken by {case['algorithm']} on {case['problem']}", file=sys.stderr)
+    try:
+        device = torch.device(case["device"])
+    except RuntimeError as err:
+        raise ValueError(f"bad device {case['device']!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {case['device']!r} asked for, but CUDA is not available here; use --device cpu")
+    try:
+        prepared = prepare_case(case)
+    except TypeError as err:  # a bad option value or type: bad input like a ValueError
+        raise ValueError(str(err)) from err
+    prepared.algorithm.check_problem(prepared.problem)
+    opts = prepared.algorithm.options
+    parts = [case["algorithm"], case["problem"], f"K{opts['inner_steps']}"]
+    extras = (("cg_iters", "cg"), ("neumann_iters", "N"), ("truncate", "T"))
+    parts += [f"{short}{opts[key]}" for key, short in extras if key in opts]
+    name = args.name or "_".join([*parts, f"kappa{case['problem_params']['kappa']:g}", device.type])
+    threads, previous = case.get("threads"), torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        paths = profile_call(prepared, args.out, name, device=device, memory_timeline=args.memory_timeline)
+    finally:
+        torch.set_num_threads(previous)
+    print(paths["table"].read_text())
+    out = Path(args.out)
+    print(f"profile of one {case['algorithm']} hypergradient on {case['problem']} ({device}), options {opts}:")
+    for key, path in paths.items():
+        print(f"  {key:18s} {path}")
+    print("open:")
+    print(f"  pip install torch-tb-profiler && tensorboard --logdir {out}  # PYTORCH_PROFILER tab, run {name}")
+    print(f"  Perfetto: https://ui.perfetto.dev -> Open trace file -> {paths['chrome_trace']}  (or chrome://tracing)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metabench", description="Benchmark gradient-based meta-learning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)
 
-    report = sub.add_parser("report", help="summarise stored records as Markdown")
+    report = sub.add_parser("report", help="Markdown + HTML report with Table 1 fits and figures, from stored records")
     report.add_argument("results", nargs="+", help="results files or folders")
     report.add_argument("--out", default="reports", help="folder for the report (default reports/)")
+    report.add_argument("--title", default="metabench report", help="report title")
     report.set_defaults(func=_report)
 
     lst = sub.add_parser("list", help="algorithms, problems and presets")
@@ -88,6 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--kappa", type=float, default=10.0, help="condition number of the inner problems")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    prof = sub.add_parser("profile", help="torch.profiler trace of one hypergradient (TensorBoard, Perfetto)")
+    prof.add_argument("--algorithm", required=True, help="algorithm name (see `metabench list`)")
+    prof.add_argument(
+        "--problem", default="linear_meta_regression", help="linear_meta_regression (default) or quadratic_bilevel"
+    )
+    prof.add_argument("--inner-steps", type=int, default=None, help="K (default: the algorithm's)")
+    prof.add_argument("--cg-iters", type=int, default=None, help="CG iterations (imaml, rm_metal)")
+    prof.add_argument("--kappa", type=float, default=None, help="condition number of the inner problems (default 10)")
+    prof.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    prof.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any other sweep parameter (repeatable), e.g. dim=50"
+    )
+    prof.add_argument(
+        "--memory-timeline", action="store_true", help="also NAME.memory_timeline.json (best effort, slower)"
+    )
+    prof.add_argument("--name", default=None, help="run name (default: from algorithm, problem and options)")
+    prof.add_argument("--out", default="reports/profiles", help="folder for the traces (default reports/profiles/)")
+    prof.set_defaults(func=_profile)
 
     args = parser.parse_args(argv)
     try:

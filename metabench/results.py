@@ -18,12 +18,15 @@ from pathlib import Path
 
 __all__ = ["RECORD_FIELDS", "SCHEMA_VERSION", "STATUSES", "ResultsStore", "case_id", "load_records", "read_records"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: training cases (mode, trajectory, ...) and inner_grad_peak_bytes
 
 STATUSES = {
     "ok": "measured",
     "failed": "raised an error (text in `error`), including a linear-solver breakdown",
-    "diverged": "a non-finite iterate or result (e.g. a too-large inner_lr)",
+    "diverged": (
+        "a non-finite iterate or result (e.g. a too-large inner_lr), "
+        "or a training run whose objective gap grew a million-fold"
+    ),
     "oom": "ran out of memory",
     "skipped": "the algorithm does not apply to this problem (reason in `error`)",
 }
@@ -56,6 +59,10 @@ RECORD_FIELDS: dict[str, str] = {
     "dtype": "float32 or float64",
     "seed": "seed of the problem and of theta",
     "threads": "torch intra-op threads during the case",
+    "mode": "hypergradient (measure one hypergradient) or train (meta-train and record the trajectory)",
+    "outer_steps": "training cases: outer steps T, else null",
+    "outer_lr": "training cases: outer step size (resolved; 'auto' is 1/L_F, L_F = largest eigenvalue of F's Hessian)",
+    "optimizer": "training cases: sgd or adam, else null",
     # measures
     "time_median_s": "median wall time of one hypergradient (synchronised), seconds",
     "time_iqr_s": "interquartile range of the timed runs, seconds",
@@ -70,6 +77,7 @@ RECORD_FIELDS: dict[str, str] = {
     "cuda_status": "ok, or 'unavailable: reason'",
     "nvml_peak_bytes": "device used-memory peak from NVML (sampled), null where unavailable",
     "nvml_status": "ok, or 'unavailable: reason'",
+    "inner_grad_peak_bytes": "memory of one inner gradient (iMAML's Mem(grad)), exact live-tensor peak",
     "matmul_flops": "FLOPs of matmul/convolution-class ops (torch FlopCounterMode), HVPs included",
     "inner_grads": "oracle count: inner gradients",
     "outer_grads": "oracle count: outer gradients",
@@ -78,6 +86,14 @@ RECORD_FIELDS: dict[str, str] = {
     "grad_norm": "l2 norm of the computed hypergradient",
     "rel_error_exact": "norm(grad - exact hypergradient) / norm(exact), null where no closed form",
     "rel_error_algorithm": "norm(grad - exact derivative of the algorithm run) / norm(that), null where undefined",
+    # training cases (null for hypergradient cases)
+    "trajectory": (
+        "training cases: dict of lists over outer steps t = 0..T: objective_gap (F(theta_t) - F*, null where "
+        "unavailable), exact_grad_norm, wall_time_s (cumulative hypergradient seconds), oracle_calls (cumulative "
+        "inner + outer gradients + HVPs + JVPs per task)"
+    ),
+    "final_objective_gap": "training cases: F(theta_T) - F*, null where unavailable",
+    "total_wall_time_s": "training cases: seconds spent in the T hypergradients",
     # provenance
     "metabench_version": "installed metabench version",
     "git_commit": "git commit of the metabench checkout (+dirty), null outside git",

@@ -229,6 +229,7 @@ def test_cli_run_list_report(tmp_path, capsys):
     assert main(["run", "--config", str(config), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "rep")]) == 0
     text = (tmp_path / "rep" / "summary.md").read_text()
+    assert (tmp_path / "rep" / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert "Sweep `c`" in text and "| maml |" in text and "| truncated |" in text
     assert main(["list"]) == 0
     assert "table1" in capsys.readouterr().out

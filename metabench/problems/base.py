@@ -98,6 +98,27 @@ class BilevelProblem(ABC):
             cache[key] = {k: v.to(device=theta.device, dtype=theta.dtype) for k, v in self._data.items()}
         return cache[key]
 
+    def batch_data(self, theta: torch.Tensor, tasks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors of the tasks in ``tasks`` on theta's device and dtype.
+
+        The full, in-order task set is the stored tensors themselves (no copy); another batch is
+        gathered once and cached while the same ``tasks`` tensor is passed in (one hypergradient call
+        evaluates the losses many times), so inner steps do not copy the data again and again.
+        """
+        if not isinstance(tasks, torch.Tensor):
+            tasks = self.task_index(tasks)
+        data = self.data_like(theta)
+        cached = self.__dict__.get("_batch_cache")
+        if cached is not None and cached[0] is tasks and cached[1] is data:
+            return cached[2]
+        index = tasks.to(next(iter(data.values())).device)
+        if len(index) == self.n_tasks and bool((index.cpu() == torch.arange(self.n_tasks)).all()):
+            batch = data
+        else:
+            batch = {key: value[index] for key, value in data.items()}
+        self._batch_cache = (tasks, data, batch)
+        return batch
+
     def task_index(self, tasks=None) -> torch.Tensor:
         """``tasks`` (None for all, or a sequence of task indices) as a 1-D LongTensor."""
         if tasks is None:

@@ -141,15 +141,15 @@ class LinearMetaRegression(BilevelProblem):
 
     # ------------------------------------------------------------------ objectives
     def inner_loss(self, theta, phi, tasks):
-        d = self.data_like(theta)
-        X, y = d["X_tr"][tasks], d["y_tr"][tasks]
+        d = self.batch_data(theta, tasks)
+        X, y = d["X_tr"], d["y_tr"]
         residual = torch.einsum("tnd,td->tn", X, phi) - y
         prox = (phi - theta).pow(2).sum(-1)
         return residual.pow(2).sum(-1) / (2 * self.n_train) + 0.5 * self.lam * prox
 
     def outer_loss(self, theta, phi, tasks):
-        d = self.data_like(theta)
-        residual = torch.einsum("tmd,td->tm", d["X_val"][tasks], phi) - d["y_val"][tasks]
+        d = self.batch_data(theta, tasks)
+        residual = torch.einsum("tmd,td->tm", d["X_val"], phi) - d["y_val"]
         return residual.pow(2).sum(-1) / (2 * self.n_val)
 
     def inner_init(self, theta, tasks):
@@ -250,18 +250,31 @@ class LinearMetaRegression(BilevelProblem):
         outer_grad = torch.einsum("tde,te->td", Hv, phi_K) - bv
         return unrot(jac * rot(outer_grad)).mean(0)
 
+    def meta_hessian(self, tasks=None) -> torch.Tensor:
+        """The Hessian of F, constant since F is quadratic in theta (float64, (dim, dim)). Needs lam > 0.
+
+        phi_i*(theta) = P_i theta + q_i with P_i = lam A_i^-1 (symmetric), so
+        ``d2F/dtheta2 = mean_i P_i Hv_i P_i``: the matrix of :meth:`exact_optimum`'s normal
+        equations. Its largest eigenvalue L_F makes 1/L_F a stable step of gradient descent on F.
+        """
+        self._require_lam("meta_hessian")
+        _, _, Hv, _, A = self._quadratics(tasks)
+        P = self.lam * torch.linalg.inv(A)
+        return (P @ Hv @ P).mean(0)
+
     def exact_optimum(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(theta*, F(theta*)): F is quadratic in theta, so theta* solves its normal equations.
 
         phi_i* = P_i theta + q_i with P_i = lam A_i^-1 and q_i = A_i^-1 b_i; theta* is the
-        minimum-norm solution of  mean_i P_i Hv_i P_i theta = mean_i P_i (bv_i - Hv_i q_i).
+        minimum-norm solution of  mean_i P_i Hv_i P_i theta = mean_i P_i (bv_i - Hv_i q_i)
+        (the matrix is :meth:`meta_hessian`).
         """
         self._require_lam("exact_optimum")
         _, b, Hv, bv, A = self._quadratics()
         Ainv = torch.linalg.inv(A)
         P = self.lam * Ainv
         q = torch.einsum("tde,te->td", Ainv, b)
-        M = (P @ Hv @ P).mean(0)
+        M = self.meta_hessian()
         rhs = torch.einsum("tde,te->td", P, bv - torch.einsum("tde,te->td", Hv, q)).mean(0)
         theta_star = torch.linalg.pinv(M, hermitian=True) @ rhs
         return theta_star, self.meta_objective(theta_star)

@@ -114,13 +114,13 @@ class QuadraticBilevel(BilevelProblem):
 
     # ------------------------------------------------------------------ objectives
     def inner_loss(self, theta, phi, tasks):
-        d = self.data_like(theta)
-        A, B, c = d["A"][tasks], d["B"][tasks], d["c"][tasks]
+        d = self.batch_data(theta, tasks)
+        A, B, c = d["A"], d["B"], d["c"]
         quad = 0.5 * torch.einsum("ti,tij,tj->t", phi, A, phi)
         return quad - torch.einsum("ti,tij,j->t", phi, B, theta) - (c * phi).sum(-1)
 
     def outer_loss(self, theta, phi, tasks):
-        t = self.data_like(theta)["t"][tasks]
+        t = self.batch_data(theta, tasks)["t"]
         return 0.5 * (phi - t).pow(2).sum(-1) + 0.5 * self.rho * theta.pow(2).sum()
 
     def inner_init(self, theta, tasks):
@@ -209,13 +209,25 @@ class QuadraticBilevel(BilevelProblem):
         back = unrot(lr * geometric_sum(a, lr, T) * rot(phi_K - t))  # (lr sum M^j)'(phi_K - t)
         return self.rho * theta + torch.einsum("tij,ti->j", B, back) / len(B)
 
+    def meta_hessian(self, tasks=None) -> torch.Tensor:
+        """The Hessian of F, constant since F is quadratic in theta (float64, (p, p)).
+
+        phi_i*(theta) = P_i theta + q_i with P_i = A_i^-1 B_i, so
+        ``d2F/dtheta2 = mean_i P_i'P_i + rho I``: the matrix of :meth:`exact_optimum`'s normal
+        equations. Its largest eigenvalue L_F makes 1/L_F a stable step of gradient descent on F.
+        """
+        A, B, _, _ = self._matrices(tasks)
+        P = torch.linalg.solve(A, B)
+        return (P.transpose(1, 2) @ P).mean(0) + self.rho * torch.eye(self.p, dtype=P.dtype, device=P.device)
+
     def exact_optimum(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(theta*, F(theta*)): with P_i = A_i^-1 B_i and q_i = A_i^-1 c_i, theta* is the
-        minimum-norm solution of  (mean_i P_i'P_i + rho I) theta = mean_i P_i'(t_i - q_i)."""
+        minimum-norm solution of  (mean_i P_i'P_i + rho I) theta = mean_i P_i'(t_i - q_i)
+        (the matrix is :meth:`meta_hessian`)."""
         A, B, c, t = self._matrices()
         P = torch.linalg.solve(A, B)
         qv = torch.linalg.solve(A, c)
-        M = (P.transpose(1, 2) @ P).mean(0) + self.rho * torch.eye(self.p, dtype=P.dtype, device=P.device)
+        M = self.meta_hessian()
         rhs = torch.einsum("tij,ti->j", P, t - qv) / len(P)
         theta_star = torch.linalg.pinv(M, hermitian=True) @ rhs
         return theta_star, self.meta_objective(theta_star)

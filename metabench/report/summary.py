@@ -50,7 +50,7 @@ def summary_markdown(records: pd.DataFrame, max_rows: int = 200) -> str:
     for sweep, group in records.groupby("sweep", sort=False, dropna=False):
         counts = group["status"].value_counts().to_dict()
         lines += [f"## Sweep `{sweep}`", "", "Cases by status: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
-        machine = group["machine"].iloc[0]
+        machine = group["machine"].iloc[0] if "machine" in group else None
         if isinstance(machine, dict):
             lines += [
                 f"Machine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} cores, "
@@ -68,6 +68,6 @@ def summary_markdown(records: pd.DataFrame, max_rows: int = 200) -> str:
         if not failures.empty:
             lines += ["", "Cases that did not end ok:", ""]
             for _, row in failures.head(20).iterrows():
-                lines.append(f"- {row['algorithm']} ({row['status']}): {_format('error', row['error'])}")
+                lines.append(f"- {row['algorithm']} ({row['status']}): {_format('error', row.get('error'))}")
         lines.append("")
     return "\n".join(lines)

@@ -1,8 +1,16 @@
 """One case of a sweep: build the problem and algorithm, compute, measure, and return a record.
 
+A hypergradient case (``mode = "hypergradient"``) computes one hypergradient, then measures it
+with the requested instruments, plus, with ``"memory"``, the live-tensor peak of one batched inner
+gradient (iMAML's Mem(grad), ``inner_grad_peak_bytes``). A training case (``mode = "train"``)
+runs ``metabench.train`` for ``outer_steps`` and records its trajectory instead; the time, memory
+and FLOP instruments do not apply to it (those fields are absent).
+
 Every outcome is a record: a case the algorithm does not apply to is ``skipped``, a non-finite
-result ``diverged``, an out-of-memory ``oom``, any other error ``failed`` (with its text), and
-whatever was measured before a failure stays in the record.
+result ``diverged`` (for a training case: a non-finite value anywhere in its trajectory, or a
+final objective gap over ``TRAIN_DIVERGENCE_FACTOR`` times max(initial gap, |F(theta_0)|)), an
+out-of-memory ``oom``, any other error ``failed`` (with its text), and whatever was measured
+before a failure stays in the record.
 """
 
 from __future__ import annotations
@@ -20,13 +28,17 @@ import torch
 import metabench
 from metabench.algorithms import get_algorithm
 from metabench.errors import DivergenceError, SolverBreakdown
-from metabench.measure import git_commit, machine_info, measure_call
+from metabench.measure import LiveTensorTracker, git_commit, machine_info, measure_call
 from metabench.problems import available_problems
 from metabench.results import SCHEMA_VERSION
+from metabench.train import train
 
-__all__ = ["PreparedCase", "build_problem", "prepare_case", "run_case"]
+__all__ = ["PreparedCase", "build_problem", "inner_grad_peak_bytes", "prepare_case", "run_case", "training_params"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: A training case whose final objective gap exceeds this factor times max(initial gap, |F(theta_0)|)
+#: has diverged even while every value is still finite (float64 overflows only after ~700 e-foldings).
+TRAIN_DIVERGENCE_FACTOR = 1e6
 _OOM = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
 
 
@@ -124,6 +136,11 @@ def _base_record(case: dict) -> dict:
         "dtype": case["dtype"],
         "seed": case["seed"],
         "threads": case.get("threads"),
+        "mode": case.get("mode", "hypergradient"),
+        **{k: case.get(k) for k in ("outer_steps", "outer_lr", "optimizer")},
+        "trajectory": None,
+        "final_objective_gap": None,
+        "total_wall_time_s": None,
     }
 
 
@@ -176,9 +193,119 @@ def prepare_case(case: dict) -> PreparedCase:
     return PreparedCase(problem, algorithm, theta, tasks)
 
 
-def _measure_case(case: dict, instruments) -> dict:
-    record = _base_record(case)
+def inner_grad_peak_bytes(problem, theta: torch.Tensor, tasks=None) -> int:
+    """Exact live-tensor peak (``LiveTensorTracker``) of ONE batched inner gradient: iMAML's Mem(grad).
+
+    The gradient is ``torch.autograd.grad(problem.inner_loss(theta, phi0, tasks).sum(), phi0)`` at
+    phi0 = ``problem.inner_init(theta, tasks)``, detached (a materialised copy, like an inner
+    iterate) with ``requires_grad``; theta and phi0 exist before the measured block, so they count
+    zero. One untracked call first fills the problem's caches. It does not depend on the algorithm.
+    """
+    index = problem.task_index(tasks)
+    theta = theta.detach()
+    phi0 = problem.inner_init(theta, index).detach().clone().requires_grad_(True)
+
+    def inner_grad() -> torch.Tensor:
+        with torch.enable_grad():
+            return torch.autograd.grad(problem.inner_loss(theta, phi0, index).sum(), phi0)[0]
+
+    inner_grad()
+    tracker = LiveTensorTracker()
+    with tracker:
+        inner_grad()
+    return int(tracker.peak_bytes)
+
+
+def _meta_lipschitz(problem, tasks) -> float:
+    """L_F: the largest eigenvalue of the meta-objective's Hessian (``problem.meta_hessian``)."""
+    hessian = getattr(problem, "meta_hessian", None)
+    if hessian is None:
+        raise ValueError(f"outer_lr = 'auto' needs the meta-objective's Hessian, which {type(problem).__name__} lacks")
+    return float(torch.linalg.eigvalsh(hessian(tasks)).max())
+
+
+def training_params(case: dict, problem, tasks=None) -> tuple[int, float, str]:
+    """``(outer_steps, outer_lr, optimizer)`` of a training case, checked, with ``outer_lr = "auto"``
+    resolved to 1/L_F (L_F the largest eigenvalue of F's Hessian over ``tasks``: a stable SGD step
+    on the exact F). Raises ValueError for a bad value."""
+    steps, lr, optimizer = case.get("outer_steps", 50), case.get("outer_lr", "auto"), case.get("optimizer", "sgd")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"outer_steps must be an integer >= 0, got {steps!r}")
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    if lr == "auto":
+        lr = 1.0 / _meta_lipschitz(problem, tasks)
+    elif isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"outer_lr must be a positive number or 'auto', got {lr!r}")
+    return steps, float(lr), optimizer
+
+
+def _optimum_value(problem) -> float | None:
+    """F* from ``problem.exact_optimum()``, or None where it has none."""
+    optimum = getattr(problem, "exact_optimum", None)
+    if optimum is None:
+        return None
     try:
+        return float(optimum()[1])
+    except ValueError:  # no closed form for this instance (e.g. lam = 0)
+        return None
+
+
+def _first_non_finite(values) -> int | None:
+    for t, value in enumerate(values):
+        if value is not None and not math.isfinite(value):
+            return t
+    return None
+
+
+def _train_case(record: dict, prepared: PreparedCase, outer_steps: int, outer_lr: float, optimizer: str) -> dict:
+    """Run ``metabench.train`` and put its trajectory into ``record`` (status ok or diverged)."""
+    problem, batch = prepared.problem, record["task_batch"]
+    f_star = _optimum_value(problem)
+    run = train(problem, prepared.algorithm, prepared.theta, outer_steps, outer_lr, optimizer, tasks=prepared.tasks)
+    trajectory = {
+        "objective_gap": [None if f is None or f_star is None else f - f_star for f in run.objective],
+        "exact_grad_norm": list(run.exact_grad_norm),
+        "wall_time_s": [0.0, *run.wall_time],
+        "oracle_calls": [0.0] + [sum(c.as_tuple()) / batch for c in run.counts],
+    }
+    record.update(
+        trajectory=trajectory,
+        final_objective_gap=trajectory["objective_gap"][-1],
+        total_wall_time_s=trajectory["wall_time_s"][-1],
+    )
+    for name, values in (*trajectory.items(), ("hypergradient norm", run.grad_norm)):
+        t = _first_non_finite(values)
+        if t is not None:
+            return record | {"status": "diverged", "error": f"non-finite {name} at outer step {t}"}
+    if not bool(torch.isfinite(run.theta).all()):
+        return record | {"status": "diverged", "error": f"non-finite theta after {outer_steps} outer steps"}
+    gap, f0 = trajectory["objective_gap"], run.objective[0]
+    if gap[0] is not None and gap[-1] is not None:
+        scale = max(gap[0], abs(f0))
+        if gap[-1] > TRAIN_DIVERGENCE_FACTOR * scale:
+            return record | {
+                "status": "diverged",
+                "error": f"objective gap grew from {gap[0]:.3g} to {gap[-1]:.3g} "
+                f"(more than {TRAIN_DIVERGENCE_FACTOR:g} x max(gap_0, |F(theta_0)|))",
+            }
+    return record | {"status": "ok"}
+
+
+def _failure(record: dict, err: Exception) -> dict:
+    status = _status_of(err)
+    kind = "solver breakdown" if isinstance(err, SolverBreakdown) else type(err).__name__
+    out = record | {"status": status, "error": f"{kind}: {err}"}
+    if status == "failed":
+        out["traceback"] = traceback.format_exc(limit=4)
+    return out
+
+
+def _measure_case(case: dict, instruments) -> dict:
+    record, instruments = _base_record(case), tuple(instruments)
+    try:
+        if record["mode"] not in ("hypergradient", "train"):
+            raise ValueError(f"mode must be 'hypergradient' or 'train', got {record['mode']!r}")
         prepared = prepare_case(case)
         problem, algorithm, theta, tasks = prepared.problem, prepared.algorithm, prepared.theta, prepared.tasks
         record.update(options=algorithm.options, **{k: algorithm.options.get(k) for k in ("inner_lr", "inner_solver")})
@@ -190,6 +317,17 @@ def _measure_case(case: dict, instruments) -> dict:
         algorithm.check_problem(problem)
     except ValueError as err:
         return record | {"status": "skipped", "error": str(err)} | _provenance() | _stamp()
+    if record["mode"] == "train":
+        try:
+            outer_steps, outer_lr, optimizer = training_params(case, problem, tasks)
+        except ValueError as err:
+            return record | {"status": "failed", "error": f"bad case: {err}"} | _provenance() | _stamp()
+        record.update(outer_steps=outer_steps, outer_lr=outer_lr, optimizer=optimizer)
+        try:
+            record = _train_case(record, prepared, outer_steps, outer_lr, optimizer)
+        except Exception as err:  # a failure is a result
+            record = _failure(record, err)
+        return record | _provenance() | _stamp()
     try:
         result = prepared()
         record.update(result.counts.as_dict())
@@ -205,11 +343,12 @@ def _measure_case(case: dict, instruments) -> dict:
         record.update(measures)
         record["status"] = "ok"
     except Exception as err:  # a failure is a result: keep what was measured, say what happened
-        record["status"] = _status_of(err)
-        kind = "solver breakdown" if isinstance(err, SolverBreakdown) else type(err).__name__
-        record["error"] = f"{kind}: {err}"
-        if record["status"] == "failed":
-            record["traceback"] = traceback.format_exc(limit=4)
+        record = _failure(record, err)
+    if "memory" in instruments:
+        try:
+            record["inner_grad_peak_bytes"] = inner_grad_peak_bytes(problem, theta, tasks)
+        except Exception:  # an extra measure: its failure must not cost the others
+            record["inner_grad_peak_bytes"] = None
     return record | _provenance() | _stamp()
 
 

@@ -1,4 +1,5 @@
-"""Named sweeps: ``smoke`` (seconds), ``table1`` (iMAML's Table 1), ``bilevel`` (ITD-BiO / RM-MetaL setting)."""
+"""Named sweeps: ``smoke`` (seconds), ``table1`` (iMAML's Table 1), ``bilevel`` (ITD-BiO / RM-MetaL setting),
+``training`` (meta-training trajectories of every algorithm family)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ PRESETS: dict[str, dict] = {
         "description": "itd_bio, rm_metal, imaml and neumann on the quadratic bilevel problem",
         "defaults": {**_BILEVEL, "inner_lr": "auto", "min_run_time": 0.05},
         "grid": [
-            {"algorithm": ["itd_bio"], "inner_steps": [1, 10, 100, 1000], "kappa": [1.0, 10.0, 100.0, 1000.0]},
+            {"algorithm": ["itd_bio", "maml"], "inner_steps": [1, 10, 100, 1000], "kappa": [1.0, 10.0, 100.0, 1000.0]},
             {
                 "algorithm": ["imaml", "rm_metal"],
                 "inner_steps": [1, 10, 100, 1000],
@@ -93,6 +94,31 @@ PRESETS: dict[str, dict] = {
                 "inner_steps": [1, 10, 100, 1000],
                 "neumann_iters": [10, 100, 1000],
                 "kappa": [1.0, 10.0, 100.0, 1000.0],
+            },
+        ],
+    },
+    "training": {
+        "name": "training",
+        "description": (
+            "meta-training (mode train, 100 SGD outer steps at outer_lr = 1/L_F) from the same theta: "
+            "itd_bio, imaml, rm_metal (cg_iters 5) and neumann (neumann_iters 20) on the quadratic bilevel "
+            "problem, maml, fomaml, imaml and rm_metal (cg_iters 5) on linear meta-regression, inner steps 5 and "
+            "20, kappa 100; records F(theta_t) - F*, exact gradient norm, time and oracle calls per outer step"
+        ),
+        "defaults": {"mode": "train", "outer_steps": 100, "outer_lr": "auto", "inner_lr": "auto", "kappa": 100.0},
+        "grid": [
+            {
+                **{k: [v] for k, v in _BILEVEL.items()},
+                "algorithm": ["itd_bio", "imaml", "rm_metal", "neumann"],
+                "inner_steps": [5, 20],
+                "cg_iters": [5],
+                "neumann_iters": [20],
+            },
+            {
+                **{k: [v] for k, v in _LINEAR.items()},
+                "algorithm": ["maml", "fomaml", "imaml", "rm_metal"],
+                "inner_steps": [5, 20],
+                "cg_iters": [5],
             },
         ],
     },

@@ -5,12 +5,18 @@ values per parameter). Each block is the cartesian product of its lists over the
 sweep is the union of its blocks, without duplicates. A case has three kinds of parameters:
 
 - run parameters (``RUN_DEFAULTS``): algorithm, problem, device, dtype, seed, task_batch, theta,
-  min_run_time (seconds of timed runs), threads (torch intra-op threads; None keeps torch's default);
+  min_run_time (seconds of timed runs), threads (torch intra-op threads; None keeps torch's default),
+  mode (``"hypergradient"``: measure one hypergradient; ``"train"``: run ``metabench.train`` and
+  keep the trajectory), and for training cases only (``TRAIN_DEFAULTS``) outer_steps, outer_lr
+  (a float, or ``"auto"`` = 1/L_F, L_F the largest eigenvalue of the meta-objective's Hessian)
+  and optimizer (``"sgd"`` or ``"adam"``);
 - the problem's generator parameters (e.g. dim, kappa, lam for linear_meta_regression);
 - the algorithm's options (e.g. inner_steps, cg_iters).
 A parameter the case's problem or algorithm does not take is dropped (cg_iters means nothing to
 maml, lam nothing to quadratic_bilevel), so one block can sweep several algorithms and problems;
-a parameter that no run, problem or algorithm takes is an error.
+a parameter that no run, problem or algorithm takes is an error. Likewise the training parameters
+are dropped from a hypergradient case, and ``mode = "hypergradient"`` (the default) is left out of
+the hash, so every hypergradient case keeps the ``case_id`` it had before training cases existed.
 
 ``inner_lr = "auto"`` means 1/L and ``momentum = "auto"`` means (sqrt(kappa) - 1)/(sqrt(kappa) + 1),
 both read off the generated problem. Cases that cannot exist (truncate > inner_steps) are dropped.
@@ -31,7 +37,7 @@ from metabench.algorithms.registry import algorithm_class
 from metabench.problems import available_problems
 from metabench.results import case_id
 
-__all__ = ["RUN_DEFAULTS", "Sweep", "normalise_case"]
+__all__ = ["MODES", "RUN_DEFAULTS", "TRAIN_DEFAULTS", "Sweep", "case_identity", "normalise_case"]
 
 RUN_DEFAULTS: dict[str, Any] = {
     "algorithm": "maml",
@@ -43,7 +49,11 @@ RUN_DEFAULTS: dict[str, Any] = {
     "theta": "random",
     "min_run_time": 0.1,
     "threads": None,
+    "mode": "hypergradient",
 }
+#: Run parameters of training cases (``mode = "train"``) only; dropped from hypergradient cases.
+TRAIN_DEFAULTS: dict[str, Any] = {"outer_steps": 50, "outer_lr": "auto", "optimizer": "sgd"}
+MODES = ("hypergradient", "train")
 AUTO = "auto"
 
 
@@ -73,14 +83,20 @@ def normalise_case(flat: dict[str, Any]) -> dict[str, Any] | None:
     and for a problem parameter left without a value.
     """
     run = {k: flat.get(k, v) for k, v in RUN_DEFAULTS.items()}
+    if run["mode"] not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {run['mode']!r}")
+    if run["mode"] == "train":  # no timed runs: min_run_time means nothing to a training case
+        del run["min_run_time"]
+        run.update({k: flat.get(k, v) for k, v in TRAIN_DEFAULTS.items()})
     problem_params = _problem_params(run["problem"])
     options = _option_names(run["algorithm"])
     all_options = _all_option_names()
     all_problem_params = set().union(*(_problem_params(p) for p in available_problems()))
-    unknown = set(flat) - set(RUN_DEFAULTS) - all_problem_params - all_options
+    unknown = set(flat) - set(RUN_DEFAULTS) - set(TRAIN_DEFAULTS) - all_problem_params - all_options
     if unknown:
         raise ValueError(
             f"unknown sweep parameter(s) {sorted(unknown)}; run parameters: {sorted(RUN_DEFAULTS)}, "
+            f"training parameters: {sorted(TRAIN_DEFAULTS)}, "
             f"problem parameters: {sorted(all_problem_params)}, algorithm options: {sorted(all_options)}"
         )
     params = {}
@@ -93,6 +109,14 @@ def normalise_case(flat: dict[str, Any]) -> dict[str, Any] | None:
     if "truncate" in opts and "inner_steps" in opts and opts["truncate"] > opts["inner_steps"]:
         return None
     return {**run, "options": opts, "problem_params": params}
+
+
+def case_identity(case: dict[str, Any]) -> str:
+    """The ``case_id`` of a normalised case: the hash of its parameters, ``mode`` left out when it
+    is ``"hypergradient"`` (so hypergradient cases keep the ids they had before the mode existed)."""
+    if case.get("mode", RUN_DEFAULTS["mode"]) == RUN_DEFAULTS["mode"]:
+        case = {k: v for k, v in case.items() if k != "mode"}
+    return case_id(case)
 
 
 @dataclass
@@ -125,7 +149,7 @@ class Sweep:
                 case = normalise_case({**self.defaults, **dict(zip(keys, values))})
                 if case is None:
                     continue
-                cid = case_id(case)
+                cid = case_identity(case)
                 if cid not in seen:
                     seen.add(cid)
                     out.append({**case, "sweep": self.name, "case_id": cid})
