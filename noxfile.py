@@ -16,6 +16,7 @@ asv keeps its environments under .asv/env and its results under .asv/results (se
 from __future__ import annotations
 
 import argparse
+import platform
 from pathlib import Path
 
 import nox
@@ -36,9 +37,12 @@ def _install(session: nox.Session, extras: str = "dev") -> None:
     session.install("-e", f".[{extras}]" if extras else ".")
 
 
+MACHINE = platform.node()  # asv's default machine name
+
+
 def _asv_machine(session: nox.Session) -> None:
-    """asv needs a machine description; record this one without questions."""
-    session.run("asv", "machine", "--yes", silent=True)
+    """asv needs a machine description; record this one (named after the host) without questions."""
+    session.run("asv", "machine", "--yes", "--machine", MACHINE, silent=True)
 
 
 @nox.session
@@ -78,7 +82,7 @@ def asv(session: nox.Session) -> None:
     session.install(*ASV)
     _asv_machine(session)
     revisions = session.posargs or ["HEAD^!"]
-    session.run("asv", "run", "--skip-existing-successful", "--show-stderr", *revisions)
+    session.run("asv", "run", "--machine", MACHINE, "--skip-existing-successful", "--show-stderr", *revisions)
 
 
 def _regressions(table: str) -> list[str]:
@@ -97,10 +101,12 @@ def asv_compare(session: nox.Session) -> None:
     session.install(*ASV)
     _asv_machine(session)
     for rev in (args.base, args.head):
-        session.run("asv", "run", "--skip-existing-successful", f"{rev}^!")
+        session.run("asv", "run", "--machine", MACHINE, "--skip-existing-successful", f"{rev}^!")
     table = session.run(
         "asv",
         "compare",
+        "--machine",
+        MACHINE,
         "--split",
         "--factor",
         str(args.factor),
@@ -110,6 +116,8 @@ def asv_compare(session: nox.Session) -> None:
         success_codes=[0, 1],
     )
     print(table)
+    if "| Change" not in (table or ""):
+        session.error("asv compare printed no comparison table (see above)")
     worse = _regressions(table or "")
     if worse:
         session.error(f"{len(worse)} benchmark(s) regressed beyond factor {args.factor}")

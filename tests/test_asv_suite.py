@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,10 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def asv(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HOME": str(home), "METABENCH_ASV_TINY": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "asv", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    """asv with the project's config, but its machine file, results and environments under ``home``."""
+    config = json.loads((ROOT / "asv.conf.json").read_text())
+    config.update(
+        repo=str(ROOT),
+        benchmark_dir=str(ROOT / "benchmarks"),
+        env_dir=str(home / "env"),
+        results_dir=str(home / "results"),
+        html_dir=str(home / "html"),
     )
+    (home / "asv.conf.json").write_text(json.dumps(config))
+    env = {**os.environ, "HOME": str(home), "METABENCH_ASV_TINY": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "asv", *args[:1], "--config", str(home / "asv.conf.json"), *args[1:]]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_every_asv_benchmark_is_discovered_and_runs_once(tmp_path):
