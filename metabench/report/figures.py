@@ -131,8 +131,11 @@ def memory_vs_steps_bilevel(records: pd.DataFrame) -> plt.Figure | None:
         x="inner_steps",
         y="live_peak_MiB",
         hue="algorithm",
+        style="algorithm",  # maml and itd_bio coincide, as do imaml and rm_metal: markers keep both visible
         palette=_palette(data["algorithm"].unique()),
-        marker="o",
+        markers=True,
+        markersize=8,
+        alpha=0.8,
         ax=ax,
     )
     ax.set(
