@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -116,43 +117,24 @@ def test_bilevel_generate_has_requested_condition_number(data):
 
 
 # ---------------------------------------------------------------------------- (b)-(d) unrolled = closed form
+@pytest.mark.parametrize(
+    "name, problems", [("maml", linear_problems), ("itd_bio", bilevel_problems)], ids=["maml-linear", "itd_bio-bilevel"]
+)
 @SETTINGS
 @given(data=st.data(), frac=lr_fractions, steps=inner_steps, seed=thetas_seed)
-def test_maml_equals_exact_algorithm_gradient(data, frac, steps, seed):
-    problem = data.draw(linear_problems(), label="problem")
+def test_unrolled_equals_exact_algorithm_gradient(name, problems, data, frac, steps, seed):
+    problem = data.draw(problems(), label="problem")
     lr = frac / spectrum_bounds(problem)[1]
     theta = make_theta(problem, seed)
-    grad = get_algorithm("maml", inner_steps=steps, inner_lr=lr).hypergradient(problem, theta).grad
+    grad = get_algorithm(name, inner_steps=steps, inner_lr=lr).hypergradient(problem, theta).grad
     assert_rel_close(grad, problem.exact_algorithm_gradient(theta, steps, lr), 1e-9)
 
 
+@pytest.mark.parametrize("problems", [linear_problems, bilevel_problems], ids=["linear", "bilevel"])
 @SETTINGS
 @given(data=st.data(), frac=lr_fractions, seed=thetas_seed)
-def test_truncated_equals_exact_algorithm_gradient(data, frac, seed):
-    problem = data.draw(linear_problems(), label="problem")
-    steps = data.draw(st.integers(1, 30), label="K")
-    truncate = data.draw(st.integers(1, steps), label="T")
-    lr = frac / spectrum_bounds(problem)[1]
-    theta = make_theta(problem, seed)
-    algorithm = get_algorithm("truncated", inner_steps=steps, inner_lr=lr, truncate=truncate)
-    grad = algorithm.hypergradient(problem, theta).grad
-    assert_rel_close(grad, problem.exact_algorithm_gradient(theta, steps, lr, truncate=truncate), 1e-9)
-
-
-@SETTINGS
-@given(data=st.data(), frac=lr_fractions, steps=inner_steps, seed=thetas_seed)
-def test_itd_bio_equals_exact_algorithm_gradient_on_bilevel(data, frac, steps, seed):
-    problem = data.draw(bilevel_problems(), label="problem")
-    lr = frac / spectrum_bounds(problem)[1]
-    theta = make_theta(problem, seed)
-    grad = get_algorithm("itd_bio", inner_steps=steps, inner_lr=lr).hypergradient(problem, theta).grad
-    assert_rel_close(grad, problem.exact_algorithm_gradient(theta, steps, lr), 1e-9)
-
-
-@SETTINGS
-@given(data=st.data(), frac=lr_fractions, seed=thetas_seed)
-def test_truncated_equals_exact_algorithm_gradient_on_bilevel(data, frac, seed):
-    problem = data.draw(bilevel_problems(), label="problem")
+def test_truncated_equals_exact_algorithm_gradient(problems, data, frac, seed):
+    problem = data.draw(problems(), label="problem")
     steps = data.draw(st.integers(1, 30), label="K")
     truncate = data.draw(st.integers(1, steps), label="T")
     lr = frac / spectrum_bounds(problem)[1]
