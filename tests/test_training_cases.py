@@ -11,7 +11,7 @@ import metabench as mb
 from metabench.results import RECORD_FIELDS
 from metabench.sweep import Sweep, get_preset, run_case
 from metabench.sweep import case as case_module
-from metabench.sweep.case import TRAIN_DIVERGENCE_FACTOR
+from metabench.sweep.training import TRAIN_DIVERGENCE_FACTOR
 
 F64 = torch.float64
 BILEVEL = {"problem": "quadratic_bilevel", "n_tasks": 2, "p": 4, "q": 6, "kappa": 2.0, "rho": 0.1, "seed": 0}

@@ -1,4 +1,4 @@
-"""Sweeps: grids of cases (``spec``), named presets, running one case (``case``) and many (``runner``)."""
+"""Sweeps: grids of cases (``spec``), named presets, running one case (``case``, ``training``) and many (``runner``)."""
 
 from metabench.sweep.case import (
     PreparedCase,
@@ -6,16 +6,17 @@ from metabench.sweep.case import (
     inner_grad_peak_bytes,
     prepare_case,
     run_case,
-    training_params,
 )
 from metabench.sweep.presets import PRESETS, get_preset
 from metabench.sweep.runner import SweepSummary, run_sweep
 from metabench.sweep.spec import RUN_DEFAULTS, TRAIN_DEFAULTS, Sweep, case_identity, normalise_case
+from metabench.sweep.training import TRAIN_DIVERGENCE_FACTOR, train_record, training_params
 
 __all__ = [
     "PRESETS",
     "RUN_DEFAULTS",
     "TRAIN_DEFAULTS",
+    "TRAIN_DIVERGENCE_FACTOR",
     "PreparedCase",
     "Sweep",
     "SweepSummary",
@@ -27,5 +28,6 @@ __all__ = [
     "prepare_case",
     "run_case",
     "run_sweep",
+    "train_record",
     "training_params",
 ]
