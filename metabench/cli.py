@@ -1,4 +1,4 @@
-"""The ``metabench`` command: ``run`` a sweep, ``report`` on its records, ``list`` what exists, ``demo``."""
+"""The ``metabench`` command: ``run`` a sweep, ``report`` on its records, ``profile`` one case, ``list`` what exists."""
 
 from __future__ import annotations
 
@@ -46,15 +46,6 @@ def _list(args: argparse.Namespace) -> int:
     print("presets:")
     for name, spec in PRESETS.items():
         print(f"  {name:10s} {spec.get('description', '')}")
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from metabench.demo import demo_rows, format_table
-
-    steps = tuple(int(s) for s in args.inner_steps.split(","))
-    title = f"# metabench demo: meta-gradient error vs exact (kappa = {args.kappa:g}, float64, CPU)\n\n"
-    print(title + format_table(demo_rows(inner_steps=steps, kappa=args.kappa, seed=args.seed)))
     return 0
 
 
@@ -164,12 +155,6 @@ def main(argv: list[str] | None = None) -> int:
 
     lst = sub.add_parser("list", help="algorithms, problems and presets")
     lst.set_defaults(func=_list)
-
-    demo = sub.add_parser("demo", help="every algorithm on small closed-form problems, error vs exact")
-    demo.add_argument("--inner-steps", default="5,20,80", help="comma-separated inner step counts")
-    demo.add_argument("--kappa", type=float, default=10.0, help="condition number of the inner problems")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
 
     prof = sub.add_parser("profile", help="torch.profiler trace of one hypergradient (TensorBoard, Perfetto)")
     prof.add_argument("--algorithm", required=True, help="algorithm name (see `metabench list`)")
