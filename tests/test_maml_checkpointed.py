@@ -1,0 +1,161 @@
+"""maml_checkpointed: maml's meta-gradient to rounding, O(sqrt(K)) memory, honest oracle counts."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import metabench as mb
+from metabench.errors import DivergenceError
+from metabench.measure.memory import LiveTensorTracker
+from tests.reference import rel_error
+
+F64 = torch.float64
+STEPS = [1, 2, 7, 20, 50]
+EVERY = [None, 1, 3, "K"]
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return {
+        "linear": mb.LinearMetaRegression.generate(n_tasks=3, dim=6, n_train=10, n_val=8, kappa=30.0, lam=0.2, seed=3),
+        "bilevel": mb.QuadraticBilevel.generate(n_tasks=3, p=4, q=6, kappa=30.0, rho=0.1, seed=4),
+    }
+
+
+def theta_for(problem, dtype=F64, seed=0):
+    return torch.randn(problem.theta_shape, generator=torch.Generator().manual_seed(seed), dtype=F64).to(dtype)
+
+
+def lr_for(problem):
+    return 1.0 / problem.inner_hessian_bounds()[1]
+
+
+def both(problem, theta, **options):
+    """(maml, maml_checkpointed) results with the same options."""
+    every = options.pop("checkpoint_every", None)
+    plain = mb.get_algorithm("maml", **options).hypergradient(problem, theta)
+    ckpt = mb.get_algorithm("maml_checkpointed", checkpoint_every=every, **options).hypergradient(problem, theta)
+    return plain, ckpt
+
+
+# ---------------------------------------------------------------- exactness
+@pytest.mark.parametrize("every", EVERY)
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("solver", ["gd", "nesterov"])
+@pytest.mark.parametrize("name", ["linear", "bilevel"])
+def test_equals_maml_to_float64_rounding(problems, name, solver, steps, every):
+    problem = problems[name]
+    theta, lr = theta_for(problem), lr_for(problem)
+    every = steps if every == "K" else every
+    plain, ckpt = both(problem, theta, inner_steps=steps, inner_lr=lr, inner_solver=solver, checkpoint_every=every)
+    assert rel_error(ckpt.grad, plain.grad) < 1e-12
+    assert rel_error(ckpt.phi, plain.phi) < 1e-12
+    if solver == "gd":  # the closed form of what K GD steps + full back-prop compute
+        assert rel_error(ckpt.grad, problem.exact_algorithm_gradient(theta, steps, lr)) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["linear", "bilevel"])
+def test_nesterov_constant_momentum_and_long_segments(problems, name):
+    problem = problems[name]
+    theta, lr = theta_for(problem, seed=2), lr_for(problem)
+    for every in (4, 13, 100):  # C does not divide K; C > K (one segment)
+        plain, ckpt = both(
+            problem, theta, inner_steps=13, inner_lr=lr, inner_solver="nesterov", momentum=0.7, checkpoint_every=every
+        )
+        assert rel_error(ckpt.grad, plain.grad) < 1e-12
+
+
+def test_zero_steps_is_maml(problems):
+    problem = problems["linear"]
+    theta = theta_for(problem)
+    plain, ckpt = both(problem, theta, inner_steps=0)
+    assert torch.equal(ckpt.grad, plain.grad) and torch.equal(ckpt.phi, plain.phi)
+    assert ckpt.counts == plain.counts
+    theta.add_(1.0)  # phi does not alias theta
+    assert torch.equal(ckpt.phi, plain.phi)
+
+
+@pytest.mark.parametrize("name", ["linear", "bilevel"])
+@pytest.mark.parametrize("solver", ["gd", "nesterov"])
+def test_float32_runs_and_agrees_with_maml(problems, name, solver):
+    problem = problems[name]
+    theta, lr = theta_for(problem, torch.float32), lr_for(problem)
+    plain, ckpt = both(problem, theta, inner_steps=9, inner_lr=lr, inner_solver=solver)
+    assert ckpt.grad.dtype == torch.float32 and ckpt.phi.dtype == torch.float32
+    assert rel_error(ckpt.grad.double(), plain.grad.double()) < 1e-5
+    exact64 = mb.get_algorithm("maml", inner_steps=9, inner_lr=lr, inner_solver=solver).hypergradient(
+        problem, theta.double()
+    )
+    assert rel_error(ckpt.grad.double(), exact64.grad) < 1e-4
+
+
+# ---------------------------------------------------------------- counts and options
+@pytest.mark.parametrize("name", ["linear", "bilevel"])
+@pytest.mark.parametrize("tasks", [None, [0, 2]])
+@pytest.mark.parametrize("solver", ["gd", "nesterov"])
+def test_counts_are_the_oracle_calls_made(problems, name, tasks, solver, monkeypatch):
+    problem = problems[name]
+    n, K = (problem.n_tasks if tasks is None else len(tasks)), 7
+    calls = []
+    inner_loss = problem.inner_loss
+    monkeypatch.setattr(problem, "inner_loss", lambda *a, **k: calls.append(1) or inner_loss(*a, **k))
+    alg = mb.get_algorithm("maml_checkpointed", inner_steps=K, inner_lr=lr_for(problem), inner_solver=solver)
+    hg = alg.hypergradient(problem, theta_for(problem), tasks=tasks)
+    assert hg.counts == mb.OracleCounts(inner_grads=2 * n * K, outer_grads=n, hvps=n * K, jvps=0)
+    assert len(calls) * n == hg.counts.inner_grads  # forward K + recomputed K batched inner gradients
+    assert hg.info == {"backprop_steps": K, "checkpoint_every": 3, "segments": 3}
+
+
+@pytest.mark.parametrize("steps,expected", [(0, 1), (1, 1), (2, 1), (3, 2), (7, 3), (20, 4), (50, 7), (100, 10)])
+def test_default_segment_length_is_rounded_sqrt(steps, expected):
+    assert mb.get_algorithm("maml_checkpointed", inner_steps=steps).segment_length() == expected
+    assert mb.get_algorithm("maml_checkpointed", inner_steps=steps, checkpoint_every=5).segment_length() == 5
+
+
+@pytest.mark.parametrize(
+    "bad,error", [(0, ValueError), (-1, ValueError), (2.5, TypeError), ("3", TypeError), (True, TypeError)]
+)
+def test_bad_checkpoint_every_is_refused_by_name(bad, error):
+    with pytest.raises(error, match="checkpoint_every"):
+        mb.get_algorithm("maml_checkpointed", checkpoint_every=bad)
+
+
+def test_registered_and_differentiates_the_gd_objective():
+    assert "maml_checkpointed" in mb.available_algorithms()
+    alg = mb.get_algorithm("maml_checkpointed", inner_steps=6, inner_lr=0.1)
+    assert alg.differentiated_objective() == {"inner_steps": 6, "inner_lr": 0.1, "truncate": 6}
+    assert "checkpoint_every=None" in repr(alg)
+
+
+def test_divergence_is_reported(problems):
+    problem = problems["linear"]
+    alg = mb.get_algorithm("maml_checkpointed", inner_steps=3000, inner_lr=3.0 * lr_for(problem))
+    with pytest.raises(DivergenceError, match="diverged"):
+        alg.hypergradient(problem, theta_for(problem))
+
+
+# ---------------------------------------------------------------- memory
+@pytest.fixture(scope="module")
+def wide():
+    """Per-step activations (residuals over n_train rows) dominate the state phi (dim entries)."""
+    return mb.LinearMetaRegression.generate(n_tasks=4, dim=200, n_train=400, n_val=50, kappa=10.0, lam=1.0, seed=0)
+
+
+def peak_bytes(problem, name, steps):
+    alg = mb.get_algorithm(name, inner_steps=steps, inner_lr=lr_for(problem))
+    theta = torch.zeros(problem.theta_shape, dtype=F64)
+    alg.hypergradient(problem, theta)  # problem data converted and cached outside the measured block
+    gc.collect()
+    with LiveTensorTracker() as tracker:
+        alg.hypergradient(problem, theta)
+    return tracker.peak_bytes
+
+
+def test_peak_memory_grows_sublinearly(wide):
+    ratio = {k: peak_bytes(wide, "maml_checkpointed", k) / peak_bytes(wide, "maml", k) for k in (20, 50)}
+    assert ratio[20] <= 0.5
+    assert ratio[50] < ratio[20]
+    assert peak_bytes(wide, "maml_checkpointed", 20) == peak_bytes(wide, "maml_checkpointed", 20)  # deterministic
