@@ -64,9 +64,13 @@ def build_problem(case: dict):
 
 
 def _theta(case: dict, problem) -> torch.Tensor:
+    """theta of a case: "zeros", or "random" — a network's own seeded initial weights where the problem
+    has them (``initial_theta``), N(0, 1) entries seeded by ``seed`` otherwise."""
     device = torch.device(case["device"])
     if case["theta"] == "zeros":
         theta = torch.zeros(problem.theta_shape, dtype=torch.float64)
+    elif case["theta"] == "random" and hasattr(problem, "initial_theta"):
+        theta = problem.initial_theta(dtype=torch.float64)
     elif case["theta"] == "random":
         gen = torch.Generator().manual_seed(int(case["seed"]))
         theta = torch.randn(problem.theta_shape, generator=gen, dtype=torch.float64)
