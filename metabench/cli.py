@@ -52,6 +52,14 @@ def _list(args: argparse.Namespace) -> int:
 _PROFILE_DEFAULTS: dict[str, dict] = {
     "linear_meta_regression": {"n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0, "kappa": 10.0},
     "quadratic_bilevel": {"n_tasks": 4, "p": 10, "q": 20, "rho": 0.1, "kappa": 10.0},
+    # the standard 5-way 5-shot, 15-query conv4 workload, 4 tasks; lam > 0 so the implicit methods apply
+    "few_shot_classification": {
+        "dataset": "omniglot_like",
+        "n_tasks": 4,
+        "lam": 1.0,
+        "inner_lr": 0.1,
+        "dtype": "float32",
+    },
 }
 
 
@@ -81,7 +89,7 @@ def _profile_case(args: argparse.Namespace) -> tuple[dict, dict]:
     problem = given["problem"]
     if problem not in _PROFILE_DEFAULTS:
         raise ValueError(f"unknown problem {problem!r}; profile knows: {sorted(_PROFILE_DEFAULTS)}")
-    flat = {**_PROFILE_DEFAULTS[problem], "inner_lr": "auto", **given}
+    flat = {"inner_lr": "auto", **_PROFILE_DEFAULTS[problem], **given}
     case = normalise_case(flat)
     if case is None:
         raise ValueError(f"this case cannot exist (truncate > inner_steps?): {given}")
@@ -115,7 +123,9 @@ def _profile(args: argparse.Namespace) -> int:
     parts = [case["algorithm"], case["problem"], f"K{opts['inner_steps']}"]
     extras = (("cg_iters", "cg"), ("neumann_iters", "N"), ("truncate", "T"))
     parts += [f"{short}{opts[key]}" for key, short in extras if key in opts]
-    name = args.name or "_".join([*parts, f"kappa{case['problem_params']['kappa']:g}", device.type])
+    kappa = case["problem_params"].get("kappa")
+    parts += [f"kappa{kappa:g}"] if kappa is not None else []
+    name = args.name or "_".join([*parts, device.type])
     threads, previous = case.get("threads"), torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -159,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     prof = sub.add_parser("profile", help="torch.profiler trace of one hypergradient (TensorBoard, Perfetto)")
     prof.add_argument("--algorithm", required=True, help="algorithm name (see `metabench list`)")
     prof.add_argument(
-        "--problem", default="linear_meta_regression", help="linear_meta_regression (default) or quadratic_bilevel"
+        "--problem",
+        default="linear_meta_regression",
+        help="linear_meta_regression (default), quadratic_bilevel or few_shot_classification (5-way 5-shot conv4)",
     )
     prof.add_argument("--inner-steps", type=int, default=None, help="K (default: the algorithm's)")
     prof.add_argument("--cg-iters", type=int, default=None, help="CG iterations (imaml, rm_metal)")
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, a missing or unwritable path
         print(f"metabench {args.command}: error: {err}", file=sys.stderr)
         return 2
 
