@@ -16,7 +16,7 @@ import torch
 from metabench.algorithms.imaml import IMAML
 from metabench.cli import main
 from metabench.errors import SolverBreakdown
-from metabench.results import ResultsStore, load_records, read_records
+from metabench.results import ResultsStore, case_id, load_records, read_records
 from metabench.sweep import Sweep, get_preset, run_case, run_sweep
 
 TINY = {
@@ -246,3 +246,16 @@ def test_schema_documents_every_record_field_and_the_readme_lists_them():
     assert set(run_case(case)) | {"traceback", "error"} >= set(RECORD_FIELDS) - {"traceback"}
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in RECORD_FIELDS)
+
+
+def test_instruments_run_parameter_limits_the_passes_and_keeps_old_case_ids():
+    base = tiny_sweep(algorithm=["maml"], inner_steps=[2]).cases()[0]
+    memory_only = tiny_sweep(algorithm=["maml"], inner_steps=[2], instruments=[["memory"]]).cases()[0]
+    record = run_case(memory_only)
+    assert record["status"] == "ok" and record["live_peak_bytes"] > 0
+    assert "time_median_s" not in record and "matmul_flops" not in record
+    assert memory_only["case_id"] != base["case_id"]
+    # the default (None) is left out of the hash: ids written before the parameter existed still match
+    assert base["case_id"] == case_id(
+        {k: v for k, v in base.items() if k not in ("instruments", "mode", "sweep", "case_id")}
+    )

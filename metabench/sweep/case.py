@@ -233,7 +233,7 @@ def _failure(record: dict, err: Exception) -> dict:
 
 
 def _measure_case(case: dict, instruments) -> dict:
-    record, instruments = _base_record(case), tuple(instruments)
+    record, instruments = _base_record(case), tuple(case.get("instruments") or instruments)
     try:
         if record["mode"] not in ("hypergradient", "train"):
             raise ValueError(f"mode must be 'hypergradient' or 'train', got {record['mode']!r}")

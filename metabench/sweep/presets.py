@@ -122,6 +122,31 @@ PRESETS: dict[str, dict] = {
             },
         ],
     },
+    "conv_memory": {
+        "name": "conv_memory",
+        "description": (
+            "peak memory vs inner steps on the 5-way 5-shot/15-query conv4-64 workload, 4 tasks, float32 "
+            "(RM-MetaL Figure 2: maml, itd_bio, imaml, rm_metal on the backbone + linear-head formulation; "
+            "maml and imaml on the all-weights formulation, lam = 1); memory instruments only"
+        ),
+        "defaults": {
+            "problem": "few_shot_classification",
+            "dataset": "omniglot_like",
+            "n_tasks": 4,
+            "dtype": "float32",
+            "inner_lr": 0.1,
+            "cg_iters": 5,
+            "instruments": ["memory"],
+        },
+        "grid": [
+            {
+                "algorithm": ["maml", "itd_bio", "imaml", "rm_metal"],
+                "formulation": ["bilevel"],
+                "inner_steps": [1, 5, 10, 20],
+            },
+            {"algorithm": ["maml", "imaml"], "formulation": ["maml"], "lam": [1.0], "inner_steps": [1, 5, 10, 20]},
+        ],
+    },
 }
 
 

@@ -6,6 +6,7 @@ sweep is the union of its blocks, without duplicates. A case has three kinds of 
 
 - run parameters (``RUN_DEFAULTS``): algorithm, problem, device, dtype, seed, task_batch, theta,
   min_run_time (seconds of timed runs), threads (torch intra-op threads; None keeps torch's default),
+  instruments (a list of "time", "memory", "flops"; None for all three),
   mode (``"hypergradient"``: measure one hypergradient; ``"train"``: run ``metabench.train`` and
   keep the trajectory), and for training cases only (``TRAIN_DEFAULTS``) outer_steps, outer_lr
   (a float, or ``"auto"`` = 1/L_F, L_F the largest eigenvalue of the meta-objective's Hessian)
@@ -50,7 +51,11 @@ RUN_DEFAULTS: dict[str, Any] = {
     "min_run_time": 0.1,
     "threads": None,
     "mode": "hypergradient",
+    "instruments": None,
 }
+#: Run parameters added after the first records were written: left out of the case_id at their default
+#: value, so stores written before them keep resuming.
+_LATER_RUN_KEYS = ("mode", "instruments")
 #: Run parameters of training cases (``mode = "train"``) only; dropped from hypergradient cases.
 TRAIN_DEFAULTS: dict[str, Any] = {"outer_steps": 50, "outer_lr": "auto", "optimizer": "sgd"}
 MODES = ("hypergradient", "train")
@@ -112,11 +117,9 @@ def normalise_case(flat: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def case_identity(case: dict[str, Any]) -> str:
-    """The ``case_id`` of a normalised case: the hash of its parameters, ``mode`` left out when it
-    is ``"hypergradient"`` (so hypergradient cases keep the ids they had before the mode existed)."""
-    if case.get("mode", RUN_DEFAULTS["mode"]) == RUN_DEFAULTS["mode"]:
-        case = {k: v for k, v in case.items() if k != "mode"}
-    return case_id(case)
+    """The ``case_id`` of a normalised case: the hash of its parameters, with ``mode`` and
+    ``instruments`` left out at their defaults (so cases keep the ids they had before those existed)."""
+    return case_id({k: v for k, v in case.items() if not (k in _LATER_RUN_KEYS and v == RUN_DEFAULTS[k])})
 
 
 @dataclass
