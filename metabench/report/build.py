@@ -179,8 +179,8 @@ def _figures_section(records: pd.DataFrame, fig_dir: Path) -> Section:
         (
             "memory_vs_steps_bilevel",
             figures.memory_vs_steps_bilevel(records),
-            "Peak live-tensor memory vs inner steps on the quadratic bilevel problem (RM-MetaL Figure 2); maml and "
-            "itd_bio run the same computation here, and so do imaml and rm_metal on a single (cold) call.",
+            "Peak live-tensor memory vs inner steps (RM-MetaL Figure 2), per problem setting; maml and itd_bio "
+            "run the same computation, and so do imaml and rm_metal on a single (cold) call.",
         )
     )
     made.append(

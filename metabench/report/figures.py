@@ -115,36 +115,57 @@ def compute_memory_vs_steps(records: pd.DataFrame, kappa: float) -> plt.Figure |
     return fig
 
 
+# the same marker and dash per algorithm in every panel
+_MARKERS = {"maml": "s", "itd_bio": "X", "imaml": "o", "rm_metal": "P"}
+_DASHES = {"maml": (1, 1), "itd_bio": (4, 2), "imaml": "", "rm_metal": (2, 2)}
+
+
+def _setting(problem: str, params) -> str:
+    """A problem's label in figures: its name, and its formulation where it has one."""
+    formulation = params.get("formulation") if isinstance(params, dict) else None
+    return f"{problem} ({formulation})" if formulation else problem
+
+
 def memory_vs_steps_bilevel(records: pd.DataFrame) -> plt.Figure | None:
-    """RM-MetaL Figure 2: peak live-tensor memory vs inner steps for maml, itd_bio, imaml, rm_metal (bilevel)."""
+    """RM-MetaL Figure 2: peak live-tensor memory vs inner steps for maml, itd_bio, imaml, rm_metal.
+
+    One panel per problem setting other than linear meta-regression (the quadratic bilevel problem, each
+    formulation of a few-shot network).
+    """
     data = _ok(records, "live_peak_bytes")
     data = data[
-        (data["problem"] == "quadratic_bilevel") & data["algorithm"].isin(["maml", "itd_bio", "imaml", "rm_metal"])
+        (data["problem"] != "linear_meta_regression") & data["algorithm"].isin(["maml", "itd_bio", "imaml", "rm_metal"])
     ]
     if data.empty:
         return None
-    data = data.groupby(["algorithm", "inner_steps"], as_index=False)["live_peak_bytes"].max()
+    data = data.assign(setting=[_setting(p, q) for p, q in zip(data["problem"], data["problem_params"])])
+    data = data.groupby(["setting", "algorithm", "inner_steps"], as_index=False)["live_peak_bytes"].max()
     data["live_peak_MiB"] = data["live_peak_bytes"] / 2**20
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    sns.lineplot(
-        data=data,
-        x="inner_steps",
-        y="live_peak_MiB",
-        hue="algorithm",
-        style="algorithm",  # maml and itd_bio coincide, as do imaml and rm_metal: markers keep both visible
-        palette=_palette(data["algorithm"].unique()),
-        markers=True,
-        markersize=8,
-        alpha=0.8,
-        ax=ax,
-    )
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="inner steps K",
-        ylabel="peak live-tensor memory (MiB)",
-        title="Memory vs inner steps (quadratic bilevel)",
-    )
+    settings = sorted(data["setting"].unique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        part = data[data["setting"] == setting]
+        sns.lineplot(
+            data=part,
+            x="inner_steps",
+            y="live_peak_MiB",
+            hue="algorithm",
+            style="algorithm",  # maml and itd_bio coincide, as do imaml and rm_metal: markers keep both visible
+            palette=_palette(part["algorithm"].unique()),
+            markers={k: v for k, v in _MARKERS.items() if k in set(part["algorithm"])},
+            dashes={k: v for k, v in _DASHES.items() if k in set(part["algorithm"])},
+            markersize=8,
+            alpha=0.8,
+            ax=ax,
+        )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="inner steps K",
+            ylabel="peak live-tensor memory (MiB)",
+            title=f"Memory vs inner steps: {setting}",
+        )
+    fig.tight_layout()
     return fig
 
 
