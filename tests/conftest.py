@@ -33,3 +33,13 @@ def linear_theta(linear_problem) -> torch.Tensor:
 def bilevel_theta(bilevel_problem) -> torch.Tensor:
     """A fixed non-zero float64 theta for ``bilevel_problem`` (fresh per test)."""
     return torch.randn(bilevel_problem.theta_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread in every test, as the sweeps and benchmarks measure: on a shared 2-core
+    machine small ops are far slower with two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -32,15 +32,6 @@ F64 = torch.float64
 NO_CUDA = not torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: small ops on a shared 2-core machine are far slower with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def problem():
     return metabench.LinearMetaRegression.generate(n_tasks=2, dim=50, n_train=60, n_val=20, kappa=10.0, lam=1.0, seed=0)

@@ -12,15 +12,6 @@ from metabench.problems import FewShotClassification
 K, LR = 2, 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread, as the suites measure: on this shared 2-core CPU two threads can stall each call."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> FewShotClassification:
     return FewShotClassification.omniglot_like(
