@@ -55,6 +55,7 @@ RECORD_FIELDS: dict[str, str] = {
     "dim": "dimension of phi",
     "n_tasks": "tasks in the problem",
     "task_batch": "tasks per hypergradient call",
+    "task_chunk": "tasks per autograd graph within the call (the task_chunk option, resolved; null if not run)",
     "device": "torch device of theta",
     "dtype": "float32 or float64",
     "seed": "seed of the problem and of theta",

@@ -199,6 +199,9 @@ def test_bilevel_from_arrays_rejects_negative_rho():
     "name, options, exc, match",
     [
         pytest.param("maml", {"inner_steps": -1}, ValueError, "inner_steps", id="inner_steps<0"),
+        pytest.param("imaml", {"task_chunk": 0}, ValueError, "task_chunk", id="task_chunk=0"),
+        pytest.param("imaml", {"damping": -1.0}, ValueError, "damping", id="damping<0"),
+        pytest.param("maml", {"task_chunk": 1.5}, TypeError, "task_chunk", id="task_chunk-float"),
         pytest.param("maml", {"inner_steps": 2.5}, TypeError, "inner_steps", id="inner_steps-float"),
         pytest.param("imaml", {"inner_steps": None}, TypeError, "inner_steps", id="inner_steps-None"),
         pytest.param("maml", {"inner_lr": 0.0}, ValueError, "inner_lr", id="inner_lr=0"),

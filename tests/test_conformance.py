@@ -129,6 +129,23 @@ def test_task_subset_is_mean_of_single_tasks(case, dtype):
 
 
 @ALL
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_task_chunks_give_the_one_graph_result(case, dtype, chunk):
+    """task_chunk only changes how many tasks share a graph: grad, phi, counts and state are the same."""
+    algorithm, problem, theta = case
+    whole = algorithm.hypergradient(problem, theta)
+    chunked = get_algorithm(algorithm.name, **{**algorithm.options, "task_chunk": chunk}).hypergradient(problem, theta)
+    tol = {"float64": dict(rtol=1e-12, atol=1e-13), "float32": dict(rtol=1e-5, atol=1e-6)}[dtype]
+    torch.testing.assert_close(chunked.grad, whole.grad, **tol)
+    torch.testing.assert_close(chunked.phi, whole.phi, **tol)
+    assert chunked.counts == whole.counts
+    assert whole.info["task_chunk"] == problem.n_tasks and chunked.info["task_chunk"] == chunk
+    if algorithm.stateful:  # the state is threaded through the chunks: the next call's start is the same
+        for field in ("phi", "v", "seen"):
+            torch.testing.assert_close(getattr(chunked.state, field), getattr(whole.state, field), **tol)
+
+
+@ALL
 def test_theta_is_not_modified_and_gets_no_grad(case):
     algorithm, problem, theta = case
     theta = theta.clone().requires_grad_(True)

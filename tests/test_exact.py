@@ -220,6 +220,22 @@ def test_imaml_is_imaml_algorithm_2(linear, theta_lin, cg_iters):
 
 
 @pytest.mark.parametrize("name", ["imaml", "rm_metal"])
+@pytest.mark.parametrize("damping", [0.5, 3.0])
+def test_damping_solves_the_damped_system(linear, theta_lin, name, damping):
+    """damping delta: (H + (lam + delta) I) v = grad L(phi_K), grad = mean lam v; full CG = the dense solve."""
+    steps, lr, dim = 7, 1.0 / L_of(linear), linear.phi_shape[0]
+    A, _, _, _ = linear_matrices(linear)
+    phi_K = linear_gd_iterate(linear, theta_lin, steps, lr)
+    damped = A + damping * torch.eye(dim, dtype=F64)
+    expected = (linear.lam * torch.linalg.solve(damped, linear_outer_grad(linear, phi_K))).mean(0)
+    options = {"inner_steps": steps, "inner_lr": lr, "cg_iters": dim}
+    grad = mb.get_algorithm(name, damping=damping, **options).hypergradient(linear, theta_lin).grad
+    assert rel_error(grad, expected) < 1e-8
+    undamped = mb.get_algorithm(name, **options).hypergradient(linear, theta_lin).grad
+    assert rel_error(undamped, expected) > 1e-3  # the option changes the system
+
+
+@pytest.mark.parametrize("name", ["imaml", "rm_metal"])
 @pytest.mark.parametrize("problem_name", ["linear", "bilevel"])
 def test_implicit_with_full_cg_is_the_exact_solve_at_phi_K(name, problem_name, request):
     problem = request.getfixturevalue(problem_name)

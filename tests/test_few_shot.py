@@ -288,6 +288,18 @@ def test_vmap_path_runs_after_its_check_and_matches_loop():
         assert info["path"] == "vmap" and info["path_requested"] == "vmap" and info["vmap_check_agree"] is True
 
 
+def test_one_task_per_graph_on_the_loop_path_and_all_tasks_on_vmap():
+    loop, vec = tiny_problem("group", path="loop"), tiny_problem("group", path="vmap")
+    theta = loop.initial_theta()
+    algo = mb.get_algorithm("maml", inner_steps=K, inner_lr=LR)
+    a, b = algo.hypergradient(loop, theta), algo.hypergradient(vec, theta)
+    assert a.info["task_chunk"] == 1 and b.info["task_chunk"] == TASKS
+    batched = mb.get_algorithm("maml", inner_steps=K, inner_lr=LR, task_chunk=TASKS).hypergradient(loop, theta)
+    assert batched.info["task_chunk"] == TASKS
+    for other in (b, batched):
+        assert float((a.grad - other.grad).norm() / a.grad.norm()) < 1e-12
+
+
 def test_a_vmap_mismatch_is_reported_never_hidden(monkeypatch):
     real_vmap = few_shot_module.vmap
 

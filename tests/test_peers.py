@@ -1,4 +1,5 @@
-"""Peer libraries (metabench.peers) compute metabench's MAML meta-gradient; compare() returns complete rows."""
+"""Peer libraries (metabench.peers) compute metabench's maml, fomaml and imaml meta-gradients; compare() returns
+complete rows."""
 
 from __future__ import annotations
 
@@ -64,17 +65,54 @@ def test_learn2learn_available_never_raises():
         assert "learn2learn" in reason
 
 
+def _implementations(algorithm):
+    return [name for name in PEERS if hasattr(peer(name), f"{algorithm}_meta_gradient")]
+
+
+@pytest.mark.parametrize("name", _implementations("fomaml"))
+def test_peer_fomaml_equals_metabench_in_float64(tiny, name):
+    module = peer(name)
+    if not module.available()[0]:
+        pytest.skip(f"{name} unavailable")
+    want = mb.get_algorithm("fomaml", inner_steps=K, inner_lr=LR).hypergradient(tiny, _theta(tiny)).grad
+    assert _rel(module.fomaml_meta_gradient(tiny, _theta(tiny), [0, 1], K, LR), want) <= 1e-12
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.7])
+@pytest.mark.parametrize("name", _implementations("imaml"))
+def test_peer_imaml_equals_metabench_in_float64(tiny, name, damping):
+    module = peer(name)
+    if not module.available()[0]:
+        pytest.skip(f"{name} unavailable")
+    problem = tiny.with_lam(2.0)
+    options = {"inner_steps": K, "inner_lr": LR, "cg_iters": 4, "damping": damping}
+    want = mb.get_algorithm("imaml", **options).hypergradient(problem, _theta(tiny)).grad
+    got = module.imaml_meta_gradient(problem, _theta(tiny), [0, 1], K, LR, 4, damping)
+    assert _rel(got, want) <= 1e-10
+
+
+def test_plain_and_torchopt_cover_imaml():
+    assert {"plain", "torchopt"} <= set(_implementations("imaml"))
+    assert set(_implementations("maml")) == set(PEERS)
+
+
 def test_peers_refuse_a_proximal_problem():
     problem = FewShotClassification.omniglot_like(
         ways=2, shots=1, query=2, n_tasks=1, filters=4, image_size=8, norm="none", lam=1.0, dtype=torch.float64
     )
     with pytest.raises(ValueError, match="lam = 0"):
         peer("plain").maml_meta_gradient(problem, problem.initial_theta(), [0], 1, LR)
+    with pytest.raises(ValueError, match="lam > 0"):
+        peer("plain").imaml_meta_gradient(problem.with_lam(0.0), problem.initial_theta(), [0], 1, LR, 2)
 
 
 def test_compare_rows(tiny):
     rows = compare(tiny, [0, 1], K, LR, min_run_time=0.01, check_float64=True, verbose=False)
-    assert [r["implementation"] for r in rows] == [*METABENCH, *PEERS]
+    assert [r["algorithm"] for r in rows if r["implementation"] == "metabench"] == list(METABENCH)
+    for algorithm in METABENCH:
+        assert {r["implementation"] for r in rows if r["algorithm"] == algorithm} == {"metabench"} | set(
+            _implementations(algorithm)
+        )
     available = {name for name, (module, _) in load_peers().items() if module is not None}
     for r in rows:
         assert set(ROW_KEYS) <= set(r)
@@ -84,16 +122,19 @@ def test_compare_rows(tiny):
         assert r["status"] == "ok"
         assert r["time_s"] > 0 and r["peak_live_bytes"] > 0
         assert r["time_ratio_to_best_peer"] > 0 and r["memory_ratio_to_best_peer"] > 0
-        if r["implementation"] == "imaml":
-            assert r["lam"] == 1.0 and r["rel_diff_to_maml"] is None
-        elif r["implementation"] != "fomaml":
-            assert r["rel_diff_to_maml"] <= 1e-10 and r["rel_diff_to_maml_float64"] <= 1e-10
-    assert min(r["time_ratio_to_best_peer"] for r in rows if r["source"] == "peer" and r["status"] == "ok") == 1.0
+        assert r["lam"] == (1.0 if r["algorithm"] == "imaml" else 0.0)
+        if r["source"] == "peer":
+            assert r["rel_diff"] <= 1e-10 and r["rel_diff_float64"] <= 1e-10
+    for algorithm in METABENCH:
+        ran = [r for r in rows if r["algorithm"] == algorithm and r["source"] == "peer" and r["status"] == "ok"]
+        assert min(r["time_ratio_to_best_peer"] for r in ran) == 1.0
 
 
-def test_compare_rejects_unknown_implementation(tiny):
+def test_compare_rejects_unknown_names(tiny):
     with pytest.raises(ValueError, match="unknown implementations"):
         compare(tiny, [0], 1, LR, ["nope"], verbose=False)
+    with pytest.raises(ValueError, match="unknown algorithms"):
+        compare(tiny, [0], 1, LR, algorithms=["reptile"], verbose=False)
 
 
 def test_compare_reports_a_failing_implementation(tiny, monkeypatch):
@@ -101,6 +142,14 @@ def test_compare_reports_a_failing_implementation(tiny, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(peer("plain"), "maml_meta_gradient", broken)
-    rows = compare(tiny, [0], 1, LR, ["maml", "plain"], min_run_time=0.01, verbose=False)
+    rows = compare(tiny, [0], 1, LR, ["plain"], algorithms=["maml"], min_run_time=0.01, verbose=False)
     assert rows[1]["status"] == "error" and "boom" in rows[1]["reason"]
     assert rows[0]["status"] == "ok" and rows[0]["time_ratio_to_best_peer"] is None  # no peer ran
+
+
+def test_command_table_has_one_line_per_row(tiny):
+    from metabench.peers.__main__ import table
+
+    rows = compare(tiny, [0], 1, LR, ["plain", "learn2learn"], min_run_time=0.01, verbose=False)
+    text = table(rows)
+    assert text.count("\n") == len(rows) + 1 and "| imaml | 1 | 1 | metabench |" in text

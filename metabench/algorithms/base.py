@@ -4,6 +4,14 @@ An algorithm is a small class with a ``name``, the ``options`` it accepts (with 
 checks) and ``_compute``. ``Algorithm.hypergradient`` validates the call and dispatches.
 The unrolled family (``unrolled.py``) and the implicit family (``implicit.py``) own the loops;
 each algorithm file holds only what makes it different.
+
+Every algorithm takes ``task_chunk``: the tasks of a call are differentiated ``task_chunk`` at a time,
+one autograd graph per chunk, and the meta-gradient is accumulated as the task-weighted mean
+grad = sum_j (n_j / n) grad_j over the chunks j (n_j tasks each). A whole batch in one graph is
+fastest on small problems (few large kernels); one task per graph is what researchers' MAML loops do
+on networks and bounds the peak memory by one task's graph. None takes the problem's
+``default_task_chunk`` (all tasks for the closed-form problems, one for the few-shot networks on
+the loop path: chosen by measurement, see ``reports/peers``).
 """
 
 from __future__ import annotations
@@ -40,11 +48,16 @@ def _momentum(name: str, value: Any) -> float | None:
     return None if value is None else check_real(name, value, low=0.0, high=1.0)
 
 
+def _task_chunk(name: str, value: Any) -> int | None:
+    return None if value is None else check_int(name, value, low=1)
+
+
 INNER_OPTIONS: dict[str, Option] = {
     "inner_steps": Option(10, lambda n, v: check_int(n, v, low=0), "K, inner solver steps"),
     "inner_lr": Option(0.1, lambda n, v: check_real(n, v, low=0.0, low_open=True), "alpha, inner step size"),
     "inner_solver": Option("gd", _inner_solver, "'gd' or 'nesterov'"),
     "momentum": Option(None, _momentum, "Nesterov's beta; None for the k/(k+3) schedule"),
+    "task_chunk": Option(None, _task_chunk, "tasks per autograd graph; None: the problem's default_task_chunk"),
 }
 
 
@@ -99,10 +112,40 @@ class Algorithm(ABC):
         if state is not None and not self.stateful:
             raise ValueError(f"{self.name} is stateless: pass state=None (got {type(state).__name__})")
         self.check_problem(problem)
-        result = self._compute(problem, theta.detach(), index, state)
+        chunk = self.resolved_task_chunk(problem, theta, len(index))
+        if chunk >= len(index):
+            result = self._compute(problem, theta.detach(), index, state)
+        else:
+            result = self._accumulate(problem, theta, index, state, chunk)
+        result.info["task_chunk"] = chunk
         if not bool(torch.isfinite(result.grad).all()):
             raise DivergenceError(f"{self.name} produced a non-finite hypergradient")
         return result
+
+    def resolved_task_chunk(self, problem: BilevelProblem, theta: torch.Tensor, n_tasks: int) -> int:
+        """Tasks per autograd graph for a call on ``n_tasks`` tasks (``task_chunk`` or the problem's default)."""
+        chunk = self.task_chunk if self.task_chunk is not None else problem.default_task_chunk(theta)
+        return n_tasks if chunk is None else min(int(chunk), n_tasks)
+
+    def _accumulate(self, problem, theta, index: torch.Tensor, state, chunk: int) -> Hypergradient:
+        """The call on consecutive chunks of ``index``, one graph at a time: grad = sum_j (n_j/n) grad_j.
+
+        Oracle counts add up, phi is stacked back in task order, a stateful algorithm's state is
+        threaded through the chunks, and a numeric ``info`` entry keeps its largest value over chunks.
+        """
+        n = len(index)
+        grad = torch.zeros_like(theta)
+        counts, phis, info = None, [], {}
+        for part in index.split(chunk):
+            result = self._compute(problem, theta.detach(), part, state)
+            grad += result.grad * (len(part) / n)
+            counts = result.counts if counts is None else counts + result.counts
+            phis.append(result.phi)
+            state = result.state
+            for key, value in result.info.items():
+                info[key] = max(info[key], value) if isinstance(value, (int, float)) and key in info else value
+            del result
+        return Hypergradient(grad=grad, counts=counts, phi=torch.cat(phis), tasks=index, state=state, info=info)
 
     @abstractmethod
     def _compute(self, problem: BilevelProblem, theta: torch.Tensor, tasks: torch.Tensor, state) -> Hypergradient:

@@ -58,8 +58,11 @@ class ImplicitAlgorithm(Algorithm):
             grad_theta, grad_phi = torch.autograd.grad(outer, (theta, phi), allow_unused=True)
             inner_grad = torch.autograd.grad(problem.inner_loss(theta, phi, tasks).sum(), phi, create_graph=True)[0]
 
+            damping = self.options.get("damping", 0.0)
+
             def hvp(u: torch.Tensor) -> torch.Tensor:
-                return torch.autograd.grad(inner_grad, phi, grad_outputs=u, retain_graph=True)[0]
+                product = torch.autograd.grad(inner_grad, phi, grad_outputs=u, retain_graph=True)[0]
+                return product + damping * u if damping else product
 
             v, matvecs = self.solve(hvp, grad_phi, v0)
             (cross,) = torch.autograd.grad(inner_grad, theta, grad_outputs=v.detach(), allow_unused=True)

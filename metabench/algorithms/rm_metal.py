@@ -61,7 +61,9 @@ class RMMetaL(ImplicitAlgorithm):
         seen = state.seen[tasks].reshape(-1, *([1] * len(problem.phi_shape))).to(theta.device)
         if self.warm_phi:
             phi0 = torch.where(seen, state.phi[tasks].to(phi0), phi0)
-        v0 = torch.where(seen, state.v[tasks].to(phi0), torch.zeros_like(phi0)) if self.warm_v else None
+        if not self.warm_v or not bool(seen.any()):  # nothing to warm-start CG from: a cold start, as on call one
+            return phi0, None
+        v0 = torch.where(seen, state.v[tasks].to(phi0), torch.zeros_like(phi0))
         return phi0, v0
 
     def solve(self, matvec, rhs, v0):

@@ -14,27 +14,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["check_problem", "data_loss", "flatten", "module_at", "task_batches"]
+__all__ = ["check_problem", "conjugate_gradient", "data_loss", "flatten", "module_at", "task_batches"]
 
 
-def check_problem(problem) -> None:
-    """The peers compute the MAML meta-gradient (lam = 0) of a ``FewShotClassification`` in the "maml" formulation."""
+def check_problem(problem, proximal: bool = False) -> None:
+    """The peers take a ``FewShotClassification`` in the "maml" formulation: lam = 0 for MAML and
+    first-order MAML, lam > 0 for iMAML (``proximal``)."""
     from metabench.problems import FewShotClassification
 
     if not isinstance(problem, FewShotClassification):
         raise TypeError(f"peers take a FewShotClassification, got {type(problem).__name__}")
-    if problem.formulation != "maml" or problem.lam != 0.0:
-        raise ValueError(
-            "peers compute plain MAML: formulation='maml' with lam = 0, got "
-            f"formulation={problem.formulation!r}, lam={problem.lam}"
-        )
+    if problem.formulation != "maml" or (problem.lam > 0.0) != proximal:
+        want = "iMAML: formulation='maml' with lam > 0" if proximal else "plain MAML: formulation='maml' with lam = 0"
+        raise ValueError(f"peers compute {want}, got formulation={problem.formulation!r}, lam={problem.lam}")
 
 
-def module_at(problem, theta: torch.Tensor) -> nn.Module:
+def module_at(problem, theta: torch.Tensor, proximal: bool = False) -> nn.Module:
     """A private ``nn.Module`` copy of the problem's network holding theta's values (leaf parameters,
     requires_grad=True) in theta's dtype and on its device."""
-    check_problem(problem)
-    model = copy.deepcopy(problem._model).to(device=theta.device, dtype=theta.dtype)
+    check_problem(problem, proximal)
+    model = copy.deepcopy(problem.model).to(device=theta.device, dtype=theta.dtype)
     weights = problem.named_weights(theta.detach())
     names = [name for name, _ in model.named_parameters()]
     if names != list(weights):
@@ -54,6 +53,27 @@ def task_batches(problem, theta: torch.Tensor, tasks):
 def data_loss(problem, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The problem's per-task loss: mean cross-entropy (or mean squared error for ``loss="mse"``)."""
     return F.cross_entropy(out, y) if problem.loss == "cross_entropy" else F.mse_loss(out, y)
+
+
+def conjugate_gradient(matvec, b: list[torch.Tensor], iters: int) -> list[torch.Tensor]:
+    """``iters`` CG iterations from 0 on A x = b over lists of tensors (a peer's own, as a user writes it)."""
+
+    def dot(u, v):
+        return sum((a * c).sum() for a, c in zip(u, v))
+
+    x = [torch.zeros_like(t) for t in b]
+    r = [t.clone() for t in b]
+    p = [t.clone() for t in b]
+    rs = dot(r, r)
+    for _ in range(iters):
+        Ap = matvec(p)
+        alpha = rs / dot(p, Ap)
+        x = [a + alpha * c for a, c in zip(x, p)]
+        r = [a - alpha * c for a, c in zip(r, Ap)]
+        rs_new = dot(r, r)
+        p = [a + (rs_new / rs) * c for a, c in zip(r, p)]
+        rs = rs_new
+    return x
 
 
 def flatten(grads) -> torch.Tensor:

@@ -68,6 +68,10 @@ class BilevelProblem(ABC):
     def inner_strongly_convex(self) -> bool:
         """Whether every g_i is strongly convex in phi (the implicit methods need it)."""
 
+    def default_task_chunk(self, theta: torch.Tensor) -> int | None:
+        """Tasks per autograd graph when an algorithm's ``task_chunk`` is None (None: all tasks of the call)."""
+        return None
+
     def inner_hessian_bounds(self, tasks=None) -> tuple[float, float]:
         """(mu, L), the extreme eigenvalues of the inner Hessians, where the problem knows them."""
         raise NotImplementedError(f"{type(self).__name__} does not know its inner Hessian's spectrum")

@@ -406,6 +406,22 @@ class FewShotClassification(BilevelProblem):
         return {name: part.view(*lead, *shape) for (name, shape, _), part in zip(spec, parts)}
 
     @property
+    def model(self) -> nn.Module:
+        """The problem's network (a private copy, eval mode, parameters frozen: losses use theta/phi views)."""
+        return self._model
+
+    @property
+    def tasks(self) -> dict[str, torch.Tensor]:
+        """The stacked task tensors: X_support, y_support, X_query, y_query (leading task dimension)."""
+        return dict(self._data)
+
+    def with_lam(self, lam: float) -> FewShotClassification:
+        """The same network, weights, tasks and path in the MAML formulation with proximal weight ``lam``."""
+        return FewShotClassification(
+            self._model, **self._data, formulation="maml", lam=lam, loss=self.loss, path=self.path, meta=self._meta
+        )
+
+    @property
     def theta_names(self) -> list[str]:
         """The module's parameter names in theta, in order."""
         return [s[0] for s in self._theta_spec]
@@ -506,6 +522,19 @@ class FewShotClassification(BilevelProblem):
             return "strong"
         return "proximal" if self.lam > 0 else "none"
 
+    def default_task_chunk(self, theta: torch.Tensor) -> int | None:
+        """One task per autograd graph on the loop path, all tasks of the call on the vmap path.
+
+        On the loop path a batched graph buys no speed (the network runs task by task anyway) and holds
+        every task's graph at once; one task per graph is what hand-written MAML loops and the peer
+        libraries do. Measured on the 4-conv workload (``python -m metabench.peers``, reports/peers).
+        """
+        if self._forced_path is not None:
+            return None if self._forced_path == "vmap" else 1
+        if self.path == "loop" or (self.path == "auto" and theta.device.type != "cuda"):
+            return 1
+        return None if self._resolve_path(theta, None) == "vmap" else 1
+
     # ------------------------------------------------------------------ vmap vs loop
     def _resolve_path(self, theta: torch.Tensor, tasks) -> str:
         if self.path == "loop" or (self.path == "auto" and theta.device.type != "cuda"):
@@ -547,9 +576,10 @@ class FewShotClassification(BilevelProblem):
         """
         from metabench.algorithms import get_algorithm  # here: metabench.algorithms imports metabench.problems
 
-        algo = get_algorithm(algorithm, **{**VMAP_CHECK_OPTIONS, **options})
         theta = self.check_theta(theta).detach()
         index = self.task_index(tasks)
+        # all tasks in one graph, so that vmap really maps over them
+        algo = get_algorithm(algorithm, **{**VMAP_CHECK_OPTIONS, "task_chunk": len(index), **options})
         runs = [("loop", theta), ("vmap", theta)]
         if float64_baseline and theta.dtype != torch.float64:
             runs.append(("loop", theta.double()))

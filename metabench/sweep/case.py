@@ -139,6 +139,7 @@ def _base_record(case: dict) -> dict:
         "dim": params.get("dim", params.get("q")),
         "n_tasks": params.get("n_tasks"),
         "task_batch": case.get("task_batch"),
+        "task_chunk": None,
         "device": case["device"],
         "dtype": case["dtype"],
         "seed": case["seed"],
@@ -262,6 +263,7 @@ def _measure_case(case: dict, instruments) -> dict:
     try:
         result = prepared()
         record.update(result.counts.as_dict())
+        record["task_chunk"] = result.info.get("task_chunk")
         record.update(_errors(problem, algorithm, theta, result.tasks, result.grad))
         del result
         measures, _ = measure_call(
