@@ -107,7 +107,7 @@ def test_peers_refuse_a_proximal_problem():
 
 
 def test_compare_rows(tiny):
-    rows = compare(tiny, [0, 1], K, LR, min_run_time=0.01, check_float64=True, verbose=False)
+    rows = compare(tiny, [0, 1], K, LR, rounds=3, check_float64=True, verbose=False)
     assert [r["algorithm"] for r in rows if r["implementation"] == "metabench"] == list(METABENCH)
     for algorithm in METABENCH:
         assert {r["implementation"] for r in rows if r["algorithm"] == algorithm} == {"metabench"} | set(
@@ -120,7 +120,7 @@ def test_compare_rows(tiny):
             assert r["status"] == "skipped" and r["reason"]
             continue
         assert r["status"] == "ok"
-        assert r["time_s"] > 0 and r["peak_live_bytes"] > 0
+        assert r["time_s"] > 0 and r["peak_live_bytes"] > 0 and r["time_runs"] == 3 and r["time_iqr_s"] >= 0
         assert r["time_ratio_to_best_peer"] > 0 and r["memory_ratio_to_best_peer"] > 0
         assert r["lam"] == (1.0 if r["algorithm"] == "imaml" else 0.0)
         if r["source"] == "peer":
@@ -142,7 +142,7 @@ def test_compare_reports_a_failing_implementation(tiny, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(peer("plain"), "maml_meta_gradient", broken)
-    rows = compare(tiny, [0], 1, LR, ["plain"], algorithms=["maml"], min_run_time=0.01, verbose=False)
+    rows = compare(tiny, [0], 1, LR, ["plain"], algorithms=["maml"], rounds=3, verbose=False)
     assert rows[1]["status"] == "error" and "boom" in rows[1]["reason"]
     assert rows[0]["status"] == "ok" and rows[0]["time_ratio_to_best_peer"] is None  # no peer ran
 
@@ -150,6 +150,6 @@ def test_compare_reports_a_failing_implementation(tiny, monkeypatch):
 def test_command_table_has_one_line_per_row(tiny):
     from metabench.peers.__main__ import table
 
-    rows = compare(tiny, [0], 1, LR, ["plain", "learn2learn"], min_run_time=0.01, verbose=False)
+    rows = compare(tiny, [0], 1, LR, ["plain", "learn2learn"], rounds=3, verbose=False)
     text = table(rows)
     assert text.count("\n") == len(rows) + 1 and "| imaml | 1 | 1 | metabench |" in text

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 
 import torch
 
@@ -120,7 +121,7 @@ def compare(
     theta: torch.Tensor | None = None,
     cg_iters: int = 5,
     damping: float = 0.0,
-    min_run_time: float = 0.5,
+    rounds: int = 5,
     check_float64: bool = False,
     verbose: bool = True,
 ) -> list[dict]:
@@ -134,7 +135,15 @@ def compare(
     difference to metabench's result in theta's dtype (``rel_diff_float64`` with ``check_float64``).
     ``theta`` defaults to ``problem.initial_theta()``. Ratios are each row's time (memory) over the best
     peer's for the same algorithm; None where no peer ran.
+
+    Timing is interleaved: after each implementation's check (which warms it up) and its memory pass,
+    ``rounds`` rounds each time one call of every implementation of the algorithm in turn, and
+    ``time_s`` is the median over rounds. A slow drift of a shared machine then moves every
+    implementation alike instead of favouring whichever ran in a quiet moment.
     """
+    from metabench._checks import check_int
+
+    rounds = check_int("rounds", rounds, low=1)
     from metabench.peers._common import check_problem
 
     check_problem(problem)
@@ -152,16 +161,15 @@ def compare(
     rows = []
     for algorithm in algorithms:
         rows += _compare_one(
-            algorithm, problem, theta, index, inner_steps, inner_lr, peers, cg_iters, damping, min_run_time,
+            algorithm, problem, theta, index, inner_steps, inner_lr, peers, cg_iters, damping, rounds,
             check_float64, say,
         )  # fmt: skip
     return rows
 
 
-def _compare_one(algorithm, problem, theta, index, K, lr, peers, cg_iters, damping, min_run_time, check64, say):
+def _compare_one(algorithm, problem, theta, index, K, lr, peers, cg_iters, damping, rounds, check64, say):
     """The rows of one algorithm: metabench's, then each peer implementing it, with ratios to the best peer."""
     import metabench as mb
-    from metabench.measure import time_call
 
     target = problem.with_lam(IMAML_LAM) if algorithm == "imaml" else problem
     options = {"inner_steps": K, "inner_lr": lr}
@@ -197,17 +205,15 @@ def _compare_one(algorithm, problem, theta, index, K, lr, peers, cg_iters, dampi
                     row["rel_diff_float64"] = _rel(fn(theta.double()), reference64)
                 say(f"[peers] {algorithm} / {name}: relative l2 difference to metabench {row['rel_diff']:.2e}")
             del grad
-            timing = time_call(lambda fn=fn: fn(theta), theta.device, min_run_time=min_run_time)
-            row.update(time_s=timing["time_median_s"], time_iqr_s=timing["time_iqr_s"], time_runs=timing["time_runs"])
             row["peak_live_bytes"] = _peak_bytes(lambda fn=fn: fn(theta))
-            megabytes = row["peak_live_bytes"] / 2**20
-            say(f"[peers] {algorithm} / {name}: {row['time_s']:.3f} s, peak live {megabytes:.1f} MB")
+            say(f"[peers] {algorithm} / {name}: peak live {row['peak_live_bytes'] / 2**20:.1f} MB")
         except Exception as error:  # noqa: BLE001 - one failing implementation is reported, never a crash
             row.update(status="error", reason=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
             say(f"[peers] {algorithm} / {name}: failed ({row['reason']})")
             if name == "metabench":
                 reference = None
         rows.append(row)
+    _time_interleaved([r for r in rows if r["status"] == "ok"], calls, theta, rounds, say)
     for name, reason in skipped.items():
         rows.append(base | {"implementation": name, "source": "peer", "status": "skipped", "reason": reason})
         say(f"[peers] {algorithm} / {name}: skipped ({reason})")
@@ -220,3 +226,22 @@ def _compare_one(algorithm, problem, theta, index, K, lr, peers, cg_iters, dampi
                 r["time_ratio_to_best_peer"] = r["time_s"] / best_time
                 r["memory_ratio_to_best_peer"] = r["peak_live_bytes"] / best_mem if best_mem else math.nan
     return rows
+
+
+def _time_interleaved(rows, calls, theta, rounds, say) -> None:
+    """Fill time_s (median), time_iqr_s and time_runs of ``rows`` from ``rounds`` interleaved rounds."""
+    from metabench.measure.timing import synchronize
+
+    times = {row["implementation"]: [] for row in rows}
+    for _ in range(rounds):
+        for name, spent in times.items():
+            synchronize(theta.device)
+            start = time.perf_counter()
+            calls[name](theta)
+            synchronize(theta.device)
+            spent.append(time.perf_counter() - start)
+    for row in rows:
+        spent = torch.tensor(times[row["implementation"]], dtype=torch.float64)
+        q1, median, q3 = (float(x) for x in torch.quantile(spent, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)))
+        row.update(time_s=median, time_iqr_s=q3 - q1, time_runs=rounds)
+        say(f"[peers] {row['algorithm']} / {row['implementation']}: {median:.3f} s (median of {rounds})")

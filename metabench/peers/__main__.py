@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         "--damping", type=float, default=IMAML_DAMPING, help=f"imaml's CG damping (default {IMAML_DAMPING})"
     )
     parser.add_argument("--algorithms", default=",".join(METABENCH), help="comma-separated (default: all)")
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per point (default 0.5)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per point (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as the suites)")
     parser.add_argument("--float64-check", action="store_true", help="also check agreement in float64")
     parser.add_argument("--implementations", default=",".join(PEERS), help="peers, comma-separated (default: all)")
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
             print(f"[peers] task batch {n_tasks}, K = {steps}")
             rows += compare(
                 problem, list(range(n_tasks)), steps, args.inner_lr, names, algorithms=algorithms,
-                cg_iters=args.cg_iters, damping=args.damping, min_run_time=args.min_run_time,
+                cg_iters=args.cg_iters, damping=args.damping, rounds=args.rounds,
                 check_float64=args.float64_check,
             )  # fmt: skip
     text = "\n".join(
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
             "(its system is (H + (lam + damping) I) v = grad L(phi_K)); each peer is checked against metabench's "
             "result for the same algorithm (relative l2 difference). Ratios: this row / the best available peer "
             "for the same algorithm, task batch and K (< 1 is better). Time: median of "
-            f"`metabench.measure.time_call` (min_run_time {args.min_run_time} s); "
+            f"{args.rounds} interleaved rounds (one call of each implementation per round); "
             "memory: peak live-tensor bytes (`LiveTensorTracker`).",
             f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
             f"{args.threads} thread(s); {time.perf_counter() - started:.0f} s in all.",

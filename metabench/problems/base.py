@@ -105,9 +105,10 @@ class BilevelProblem(ABC):
     def batch_data(self, theta: torch.Tensor, tasks: torch.Tensor) -> dict[str, torch.Tensor]:
         """The tensors of the tasks in ``tasks`` on theta's device and dtype.
 
-        The full, in-order task set is the stored tensors themselves (no copy); another batch is
-        gathered once and cached while the same ``tasks`` tensor is passed in (one hypergradient call
-        evaluates the losses many times), so inner steps do not copy the data again and again.
+        A run of consecutive tasks (the full set, or a chunk of it) is a view of the stored tensors (no
+        copy); another batch is gathered once and cached while the same ``tasks`` tensor is passed in
+        (one hypergradient call evaluates the losses many times), so inner steps do not copy the data
+        again and again.
         """
         if not isinstance(tasks, torch.Tensor):
             tasks = self.task_index(tasks)
@@ -115,10 +116,11 @@ class BilevelProblem(ABC):
         cached = self.__dict__.get("_batch_cache")
         if cached is not None and cached[0] is tasks and cached[1] is data:
             return cached[2]
-        index = tasks.to(next(iter(data.values())).device)
-        if len(index) == self.n_tasks and bool((index.cpu() == torch.arange(self.n_tasks)).all()):
-            batch = data
+        start = int(tasks[0])
+        if bool((tasks.cpu() == torch.arange(start, start + len(tasks))).all()):  # a run of tasks: views, no copy
+            batch = {key: value[start : start + len(tasks)] for key, value in data.items()}
         else:
+            index = tasks.to(next(iter(data.values())).device)
             batch = {key: value[index] for key, value in data.items()}
         self._batch_cache = (tasks, data, batch)
         return batch

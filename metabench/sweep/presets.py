@@ -127,7 +127,8 @@ PRESETS: dict[str, dict] = {
         "description": (
             "peak memory vs inner steps on the 5-way 5-shot/15-query conv4-64 workload, 4 tasks, float32 "
             "(RM-MetaL Figure 2: maml, itd_bio, imaml, rm_metal on the backbone + linear-head formulation; "
-            "maml and imaml on the all-weights formulation, lam = 1); memory instruments only"
+            "maml, maml_checkpointed and imaml (CG damping 50: the BatchNorm net's inner Hessian is indefinite) on the "
+            "all-weights formulation, lam = 1); memory instruments only"
         ),
         "defaults": {
             "problem": "few_shot_classification",
@@ -144,8 +145,36 @@ PRESETS: dict[str, dict] = {
                 "formulation": ["bilevel"],
                 "inner_steps": [1, 5, 10, 20],
             },
-            {"algorithm": ["maml", "imaml"], "formulation": ["maml"], "lam": [1.0], "inner_steps": [1, 5, 10, 20]},
+            {
+                "algorithm": ["maml", "maml_checkpointed"],
+                "formulation": ["maml"],
+                "lam": [1.0],
+                "inner_steps": [1, 5, 10, 20, 50],
+            },
+            {
+                "algorithm": ["imaml"],
+                "formulation": ["maml"],
+                "lam": [1.0],
+                "damping": [50.0],
+                "inner_steps": [1, 5, 10, 20],
+            },
         ],
+    },
+    "conv_checkpointed": {
+        "name": "conv_checkpointed",
+        "description": (
+            "maml vs maml_checkpointed (the same meta-gradient, inner loop recomputed from sqrt(K) checkpoints) on "
+            "the 5-way 5-shot/15-query conv4-64 workload, one task, float32: time and peak memory at K = 20 and 50"
+        ),
+        "defaults": {
+            "problem": "few_shot_classification",
+            "dataset": "omniglot_like",
+            "n_tasks": 1,
+            "dtype": "float32",
+            "inner_lr": 0.1,
+            "instruments": ["time", "memory"],
+        },
+        "grid": [{"algorithm": ["maml", "maml_checkpointed"], "inner_steps": [20, 50]}],
     },
 }
 
