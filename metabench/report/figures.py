@@ -116,8 +116,8 @@ def compute_memory_vs_steps(records: pd.DataFrame, kappa: float) -> plt.Figure |
 
 
 # the same marker and dash per algorithm in every panel
-_MARKERS = {"maml": "s", "itd_bio": "X", "imaml": "o", "rm_metal": "P"}
-_DASHES = {"maml": (1, 1), "itd_bio": (4, 2), "imaml": "", "rm_metal": (2, 2)}
+_MARKERS = {"maml": "s", "itd_bio": "X", "imaml": "o", "rm_metal": "P", "maml_checkpointed": "D"}
+_DASHES = {"maml": (1, 1), "itd_bio": (4, 2), "imaml": "", "rm_metal": (2, 2), "maml_checkpointed": (3, 1, 1, 1)}
 
 
 def _setting(problem: str, params) -> str:
@@ -127,15 +127,14 @@ def _setting(problem: str, params) -> str:
 
 
 def memory_vs_steps_bilevel(records: pd.DataFrame) -> plt.Figure | None:
-    """RM-MetaL Figure 2: peak live-tensor memory vs inner steps for maml, itd_bio, imaml, rm_metal.
+    """RM-MetaL Figure 2: peak live-tensor memory vs inner steps for maml, itd_bio, imaml, rm_metal
+    (and maml_checkpointed where measured).
 
     One panel per problem setting other than linear meta-regression (the quadratic bilevel problem, each
     formulation of a few-shot network).
     """
     data = _ok(records, "live_peak_bytes")
-    data = data[
-        (data["problem"] != "linear_meta_regression") & data["algorithm"].isin(["maml", "itd_bio", "imaml", "rm_metal"])
-    ]
+    data = data[(data["problem"] != "linear_meta_regression") & data["algorithm"].isin(list(_MARKERS))]
     if data.empty:
         return None
     data = data.assign(setting=[_setting(p, q) for p, q in zip(data["problem"], data["problem_params"])])
