@@ -48,13 +48,14 @@ def fomaml_meta_gradient(problem, theta, tasks, inner_steps: int, inner_lr: floa
     total = None
     for X_s, y_s, X_q, y_q in batches:
         fast = params
-        for _ in range(inner_steps + 1):
+        for _ in range(inner_steps):
             fast = {name: w.detach().requires_grad_(True) for name, w in fast.items()}
-            X, y = (X_q, y_q) if _ == inner_steps else (X_s, y_s)
-            grads = torch.autograd.grad(data_loss(problem, functional_call(model, fast, (X,)), y), list(fast.values()))
-            if _ < inner_steps:
-                fast = {name: w - inner_lr * g for (name, w), g in zip(fast.items(), grads)}
-        grad = flatten(grads)
+            loss = data_loss(problem, functional_call(model, fast, (X_s,)), y_s)
+            grads = torch.autograd.grad(loss, list(fast.values()))
+            fast = {name: w - inner_lr * g for (name, w), g in zip(fast.items(), grads)}
+        fast = {name: w.detach().requires_grad_(True) for name, w in fast.items()}
+        query = data_loss(problem, functional_call(model, fast, (X_q,)), y_q)
+        grad = flatten(torch.autograd.grad(query, list(fast.values())))
         total = grad if total is None else total + grad
     return total / len(batches)
 
