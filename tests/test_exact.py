@@ -126,7 +126,10 @@ class TestClosedFormsAreRight:
         lr = 1.0 / L_of(linear)
         exact = linear.exact_hypergradient(theta_lin)
         errors = [rel_error(linear.exact_algorithm_gradient(theta_lin, k, lr), exact) for k in (10, 100, 1000, 5000)]
-        assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-10
+        # kappa = 30 at inner_lr = 1/L contracts like (1 - 1/30)^K: far from the limit at K = 10, within
+        # 1e-3 at K = 100, and at float64 round-off (about 1e-14 here, which differs by BLAS) from K = 1000 on
+        assert errors[0] > 0.1 and errors[1] < 1e-2 * errors[0]
+        assert max(errors[2:]) < 1e-12
 
 
 # ---------------------------------------------------------------- unrolled adapters
@@ -278,8 +281,11 @@ def test_neumann_converges_to_exact_hypergradient(problem_name, request):
         )
         for n in (0, 10, 100, 2000)
     ]
-    assert errors == sorted(errors, reverse=True)
-    assert errors[-1] < 1e-8
+    # the series contracts like (1 - 1/kappa)^N: no term (N = 0) is far off, N = 100 within a few percent,
+    # N = 2000 at round-off; each stage is closer than the one before by a margin far above round-off
+    assert errors[0] > 0.5
+    assert all(later < 0.95 * earlier for earlier, later in zip(errors[:3], errors[1:3]))
+    assert errors[2] < 0.1 and errors[3] < 1e-8
 
 
 def test_neumann_is_the_truncated_series(linear, theta_lin):
@@ -300,4 +306,4 @@ def test_rm_metal_cold_equals_imaml(bilevel, theta_bil):
     options = dict(inner_steps=5, inner_lr=0.5, cg_iters=3)
     a = mb.get_algorithm("rm_metal", **options).hypergradient(bilevel, theta_bil).grad
     b = mb.get_algorithm("imaml", **options).hypergradient(bilevel, theta_bil).grad
-    assert rel_error(a, b) < 1e-14
+    assert rel_error(a, b) < 1e-12
