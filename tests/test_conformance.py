@@ -14,6 +14,7 @@ import metabench
 from metabench import Hypergradient, LinearMetaRegression, OracleCounts, QuadraticBilevel, get_algorithm
 from metabench.algorithms import Algorithm, WarmStartState, register
 from metabench.algorithms.unrolled import UnrolledAlgorithm
+from metabench.solvers import ConjugateGradient, GradientDescent
 
 ALGORITHMS = metabench.available_algorithms()
 PROBLEMS = {"linear_meta_regression": "linear_problem", "quadratic_bilevel": "bilevel_problem"}
@@ -207,6 +208,22 @@ def tasks(request):
     return request.param
 
 
+#: What each algorithm is defined to cost per task, as oracle calls (n tasks; K, T, CG, NEUMANN as above).
+#: The oracle counts what the algorithm performs; this table is the definition it must meet.
+DEFINED = {
+    "maml": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * K),
+    "itd_bio": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * K),
+    "truncated": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * T),
+    "fomaml": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n),
+    # the forward pass, then every segment recomputed once during the backward pass
+    "maml_checkpointed": lambda n: OracleCounts(inner_grads=2 * n * K, outer_grads=n, hvps=n * K),
+    # K inner steps + the gradient at phi_K whose graph the products differentiate; one cross product
+    "imaml": lambda n: OracleCounts(inner_grads=n * (K + 1), outer_grads=n, hvps=n * CG, jvps=n),
+    "rm_metal": lambda n: OracleCounts(inner_grads=n * (K + 1), outer_grads=n, hvps=n * CG, jvps=n),
+    "neumann": lambda n: OracleCounts(inner_grads=n * (K + 1), outer_grads=n, hvps=n * NEUMANN, jvps=n),
+}
+
+
 def _counts(name, problem_name, request, tasks, **extra):
     problem = request.getfixturevalue(PROBLEMS[problem_name])
     algorithm = make_algorithm(name, problem_name, **extra)
@@ -216,30 +233,74 @@ def _counts(name, problem_name, request, tasks, **extra):
     return algorithm.hypergradient(problem, theta, tasks=tasks).counts, n
 
 
-@pytest.mark.parametrize("name", ["maml", "itd_bio"])
-def test_counts_full_backprop(name, problem_name, tasks, request):
-    counts, n = _counts(name, problem_name, request, tasks)
-    assert counts == OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * K, jvps=0)
+@pytest.mark.parametrize("inner_solver", ["gd", "nesterov"])
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_counted_calls_equal_the_definition(name, inner_solver, problem_name, tasks, request):
+    """Every registered algorithm, both families, GD and Nesterov inner loops: the oracle's count of what the
+    call performed equals the algorithm's definition. A new algorithm needs its line in DEFINED."""
+    assert name in DEFINED, f"{name} has no oracle-call definition in tests/test_conformance.py DEFINED: add one"
+    counts, n = _counts(name, problem_name, request, tasks, inner_solver=inner_solver)
+    assert counts == DEFINED[name](n)
 
 
-def test_counts_truncated(problem_name, tasks, request):
-    counts, n = _counts("truncated", problem_name, request, tasks)
-    assert counts == OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * T, jvps=0)
+@pytest.mark.parametrize("chunk", [1, 2])
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_counts_do_not_depend_on_the_task_chunk(name, chunk, problem_name, request):
+    counts, n = _counts(name, problem_name, request, None, task_chunk=chunk)
+    assert counts == DEFINED[name](n)
 
 
-def test_counts_fomaml(tasks, request):
-    counts, n = _counts("fomaml", "linear_meta_regression", request, tasks)
-    assert counts == OracleCounts(inner_grads=n * K, outer_grads=n, hvps=0, jvps=0)
+class _CGTwice(ConjugateGradient):
+    """CG that wastes one Hessian-vector product per iteration (and declares nothing)."""
+
+    def _solve(self, matvec, b, x0):
+        return super()._solve(lambda u: (matvec(u), matvec(u))[1], b, x0)
 
 
-def test_counts_imaml(problem_name, tasks, request):
-    counts, n = _counts("imaml", problem_name, request, tasks)
-    assert counts == OracleCounts(inner_grads=n * (K + 1), outer_grads=n, hvps=n * CG, jvps=n)
+class _NewtonProbe(GradientDescent):
+    """A GD step that also takes one Hessian-vector product per step through the InnerAccess (as Newton-CG would)."""
+
+    name = "newton_probe"
+
+    def step(self, inner, k, state):
+        (phi,) = state
+        inner.hvp(phi, torch.ones_like(phi))
+        return (phi - self.lr * inner.grad(phi),)
 
 
-def test_counts_neumann(problem_name, tasks, request):
-    counts, n = _counts("neumann", problem_name, request, tasks)
-    assert counts == OracleCounts(inner_grads=n * (K + 1), outer_grads=n, hvps=n * NEUMANN, jvps=n)
+def test_extra_products_show_in_the_counts_without_being_declared(linear_problem):
+    theta, n = make_theta(linear_problem), linear_problem.n_tasks
+    base = {"inner_steps": K, "inner_lr": 0.1}
+    wasteful_cg = get_algorithm("imaml", **base, linear_solver=_CGTwice(iters=CG))
+    assert wasteful_cg.hypergradient(linear_problem, theta).counts == OracleCounts(
+        inner_grads=n * (K + 1), outer_grads=n, hvps=2 * n * CG, jvps=n
+    )
+    # an inner solver's Hessian-vector products: one linearisation (inner gradient + product) per step
+    probing = get_algorithm("imaml", inner_steps=K, cg_iters=CG, inner_solver=_NewtonProbe(0.1))
+    assert probing.hypergradient(linear_problem, theta).counts == OracleCounts(
+        inner_grads=n * (2 * K + 1), outer_grads=n, hvps=n * (K + CG), jvps=n
+    )
+
+    class ExtraOuter(metabench.algorithms.imaml.IMAML):  # not registered: the counts need no registry either
+        name = "imaml_with_an_extra_outer_gradient"
+
+        def _compute(self, oracle, theta, state):
+            out = super()._compute(oracle, theta, state)
+            oracle.outer_grad(theta, out.phi, wrt=(out.phi.requires_grad_(True),))
+            return out
+
+    extra = ExtraOuter(**base, cg_iters=CG).hypergradient(linear_problem, theta)
+    assert extra.counts == OracleCounts(inner_grads=n * (K + 1), outer_grads=2 * n, hvps=n * CG, jvps=n)
+
+
+def test_backward_through_the_inner_loop_is_counted_when_it_happens(linear_problem):
+    """maml's HVPs are counted by the backward pass itself: a loop whose steps are never back-propagated
+    (theta does not reach f through them) performs and counts none."""
+    theta, n = make_theta(linear_problem), linear_problem.n_tasks
+    maml = get_algorithm("maml", inner_steps=K, inner_lr=0.1)
+    assert maml.hypergradient(linear_problem, theta).counts.hvps == n * K
+    truncated = get_algorithm("truncated", inner_steps=K, inner_lr=0.1, truncate=1)
+    assert truncated.hypergradient(linear_problem, theta).counts.hvps == n
 
 
 def test_counts_rm_metal_cold_then_warm(problem_name, tasks, request):

@@ -1,9 +1,15 @@
-"""The one interface every algorithm implements, and the option checking they share.
+"""The one interface every algorithm implements: options, components, and the counted call.
 
-An algorithm is a small class with a ``name``, the ``options`` it accepts (with defaults and
-checks) and ``_compute``. ``Algorithm.hypergradient`` validates the call and dispatches.
-The unrolled family (``unrolled.py``) and the implicit family (``implicit.py``) own the loops;
+An algorithm is a small class with a ``name``, the ``options_spec`` it accepts (typed once in
+``metabench.options``) and ``_compute``. ``Algorithm.hypergradient`` validates the call, gives
+``_compute`` an :class:`~metabench.oracle.Oracle` (the only way to the problem: whatever it performs is
+counted) and assembles the result; the counts in a :class:`Hypergradient` are the oracle's, never a
+formula. The unrolled family (``unrolled.py``) and the implicit family (``implicit.py``) own the loops;
 each algorithm file holds only what makes it different.
+
+Components: ``self.inner`` is the inner solver (an :class:`~metabench.solvers.InnerSolver`), built from
+``inner_solver`` (a registered name, with the flat options ``inner_lr`` and ``momentum``, or an instance,
+whose own options then rule: giving both is an error).
 
 Every algorithm takes ``task_chunk``: the tasks of a call are differentiated ``task_chunk`` at a time,
 one autograd graph per chunk, and the meta-gradient is accumulated as the task-weighted mean
@@ -17,48 +23,37 @@ the loop path: chosen by measurement, see ``reports/peers``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from metabench._checks import check_int, check_real
+from metabench.algorithms.inner_loop import run_inner_loop
 from metabench.algorithms.result import Hypergradient
 from metabench.errors import DivergenceError
+from metabench.options import Option, check_options, pick
+from metabench.oracle import Oracle, OracleCounts
 from metabench.problems.base import BilevelProblem
-from metabench.solvers.inner import INNER_SOLVERS, run_inner_solver
+from metabench.solvers import InnerSolver, make_inner_solver
 
-__all__ = ["Algorithm", "Option"]
+__all__ = ["INNER_OPTIONS", "Algorithm", "Computed", "Option"]
 
-
-class Option:
-    """An accepted option: its default and a check that returns the cleaned value or raises."""
-
-    def __init__(self, default: Any, check: Callable[[str, Any], Any], doc: str = ""):
-        self.default, self.check, self.doc = default, check, doc
+#: The options every algorithm takes.
+INNER_OPTIONS = pick("inner_steps", "inner_lr", "inner_solver", "momentum", "task_chunk")
 
 
-def _inner_solver(name: str, value: Any) -> str:
-    if not isinstance(value, str) or value not in INNER_SOLVERS:
-        raise ValueError(f"{name} must be one of {sorted(INNER_SOLVERS)}, got {value!r}")
-    return value
+@dataclass
+class Computed:
+    """What ``_compute`` returns for the tasks of one oracle: the mean meta-gradient over them, phi_K, state, info."""
+
+    grad: torch.Tensor
+    phi: torch.Tensor
+    state: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def _momentum(name: str, value: Any) -> float | None:
-    return None if value is None else check_real(name, value, low=0.0, high=1.0)
-
-
-def _task_chunk(name: str, value: Any) -> int | None:
-    return None if value is None else check_int(name, value, low=1)
-
-
-INNER_OPTIONS: dict[str, Option] = {
-    "inner_steps": Option(10, lambda n, v: check_int(n, v, low=0), "K, inner solver steps"),
-    "inner_lr": Option(0.1, lambda n, v: check_real(n, v, low=0.0, low_open=True), "alpha, inner step size"),
-    "inner_solver": Option("gd", _inner_solver, "'gd' or 'nesterov'"),
-    "momentum": Option(None, _momentum, "Nesterov's beta; None for the k/(k+3) schedule"),
-    "task_chunk": Option(None, _task_chunk, "tasks per autograd graph; None: the problem's default_task_chunk"),
-}
+def _conflicts(given: dict[str, Any], component_options: dict[str, Any], keys) -> dict[str, tuple]:
+    return {k: (given[k], component_options[k]) for k in keys if k in given and given[k] != component_options.get(k)}
 
 
 class Algorithm(ABC):
@@ -69,14 +64,20 @@ class Algorithm(ABC):
     stateful: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
-        unknown = sorted(set(options) - set(self.options_spec))
-        if unknown:
-            raise TypeError(
-                f"{self.name} got unknown option(s) {unknown}; accepted options: {sorted(self.options_spec)}"
-            )
-        merged = {k: spec.default for k, spec in self.options_spec.items()} | options
-        self.options = {k: self.options_spec[k].check(k, v) for k, v in merged.items()}
+        self.options = check_options(self.name, self.options_spec, options)
+        self._given = dict(options)
         self._check_options()
+        self.inner = self._build_inner_solver()
+
+    def _build_inner_solver(self) -> InnerSolver:
+        chosen = self.options["inner_solver"]
+        if isinstance(chosen, InnerSolver):
+            clash = _conflicts(self._given, chosen.options, ("inner_lr", "momentum"))
+            if clash:
+                detail = ", ".join(f"{k}={a!r} vs the instance's {b!r}" for k, (a, b) in clash.items())
+                raise ValueError(f"{self.name}: give the inner solver's options once, not twice ({detail})")
+            return chosen
+        return make_inner_solver(chosen, inner_lr=self.options["inner_lr"], momentum=self.options["momentum"])
 
     def _check_options(self) -> None:  # noqa: B027  (an optional hook)
         """Checks across options (e.g. truncate <= inner_steps); raise ValueError."""
@@ -88,6 +89,11 @@ class Algorithm(ABC):
         """Keyword arguments of ``problem.exact_algorithm_gradient`` that give exactly what this
         algorithm computes (K GD steps, back-prop through the last T), or None if it is not such a derivative."""
         return None
+
+    def describe(self) -> dict[str, Any]:
+        """The options as flat, JSON-friendly record fields: components expanded into their own options."""
+        flat = {k: v for k, v in self.options.items() if not hasattr(v, "options")}
+        return flat | self.inner.options
 
     def __getattr__(self, key: str) -> Any:
         options = self.__dict__.get("options", {})
@@ -102,8 +108,8 @@ class Algorithm(ABC):
     def hypergradient(self, problem: BilevelProblem, theta: torch.Tensor, tasks=None, state=None) -> Hypergradient:
         """The meta-gradient d/dtheta mean_i f_i(theta, phi_i) for the tasks in ``tasks`` (all if None).
 
-        Raises ``ValueError``/``TypeError`` for bad input, ``DivergenceError`` if the result
-        is not finite, ``SolverBreakdown`` if a linear solve meets non-positive curvature.
+        Raises ``ValueError``/``TypeError`` for bad input, ``DivergenceError`` if the inner loop or the
+        result diverged, ``SolverBreakdown`` if a linear solve meets non-positive curvature.
         """
         if not isinstance(problem, BilevelProblem):
             raise TypeError(f"problem must be a metabench BilevelProblem, got {type(problem).__name__}")
@@ -113,10 +119,7 @@ class Algorithm(ABC):
             raise ValueError(f"{self.name} is stateless: pass state=None (got {type(state).__name__})")
         self.check_problem(problem)
         chunk = self.resolved_task_chunk(problem, theta, len(index))
-        if chunk >= len(index):
-            result = self._compute(problem, theta.detach(), index, state)
-        else:
-            result = self._accumulate(problem, theta, index, state, chunk)
+        result = self._accumulate(problem, theta.detach(), index, state, chunk)
         result.info["task_chunk"] = chunk
         if not bool(torch.isfinite(result.grad).all()):
             raise DivergenceError(f"{self.name} produced a non-finite hypergradient")
@@ -128,43 +131,33 @@ class Algorithm(ABC):
         return n_tasks if chunk is None else min(int(chunk), n_tasks)
 
     def _accumulate(self, problem, theta, index: torch.Tensor, state, chunk: int) -> Hypergradient:
-        """The call on consecutive chunks of ``index``, one graph at a time: grad = sum_j (n_j/n) grad_j.
+        """``_compute`` on consecutive chunks of ``index``, one oracle and graph at a time: grad = sum_j (n_j/n) grad_j.
 
-        Oracle counts add up, phi is stacked back in task order, a stateful algorithm's state is
-        threaded through the chunks, and a numeric ``info`` entry keeps its largest value over chunks.
+        The counts are the oracles' (summed), phi is stacked back in task order, a stateful algorithm's state
+        is threaded through the chunks, and a numeric ``info`` entry keeps its largest value over chunks.
         """
         n = len(index)
-        grad = torch.zeros_like(theta)
-        counts, phis, info = None, [], {}
-        for part in index.split(chunk):
-            result = self._compute(problem, theta.detach(), part, state)
-            grad += result.grad * (len(part) / n)
-            counts = result.counts if counts is None else counts + result.counts
-            phis.append(result.phi)
-            state = result.state
-            for key, value in result.info.items():
+        parts = index.split(chunk) if chunk < n else (index,)
+        grad, counts, phis, info = None, OracleCounts(), [], {}
+        for part in parts:
+            oracle = Oracle(problem, part)
+            out = self._compute(oracle, theta, state)
+            weighted = out.grad if len(parts) == 1 else out.grad * (len(part) / n)
+            grad = weighted if grad is None else grad + weighted
+            counts = counts + oracle.counts
+            phis.append(out.phi)
+            state = out.state
+            for key, value in out.info.items():
                 info[key] = max(info[key], value) if isinstance(value, (int, float)) and key in info else value
-            del result
-        return Hypergradient(grad=grad, counts=counts, phi=torch.cat(phis), tasks=index, state=state, info=info)
+            del out
+        phi = phis[0] if len(phis) == 1 else torch.cat(phis)
+        return Hypergradient(grad=grad.detach(), counts=counts, phi=phi, tasks=index, state=state, info=info)
 
     @abstractmethod
-    def _compute(self, problem: BilevelProblem, theta: torch.Tensor, tasks: torch.Tensor, state) -> Hypergradient:
-        """The algorithm proper; ``theta`` is detached, ``tasks`` a validated index tensor."""
+    def _compute(self, oracle: Oracle, theta: torch.Tensor, state) -> Computed:
+        """The algorithm proper on the tasks of ``oracle``; ``theta`` is detached."""
 
     # ------------------------------------------------------------------ shared pieces
-    def _run_inner(self, problem, theta, phi0, tasks, backprop_steps: int) -> torch.Tensor:
-        """phi_K from phi0 with the configured inner solver, tracked through the last ``backprop_steps``."""
-
-        def grad_fn(phi: torch.Tensor, track: bool) -> torch.Tensor:
-            if track:
-                phi_in = phi if phi.requires_grad else phi.detach().requires_grad_()
-                loss = problem.inner_loss(theta, phi_in, tasks).sum()
-                return torch.autograd.grad(loss, phi_in, create_graph=True)[0]
-            phi_in = phi.detach().requires_grad_()
-            loss = problem.inner_loss(theta.detach(), phi_in, tasks).sum()
-            return torch.autograd.grad(loss, phi_in)[0]
-
-        with torch.enable_grad():
-            return run_inner_solver(
-                self.inner_solver, grad_fn, phi0, self.inner_steps, self.inner_lr, backprop_steps, self.momentum
-            )
+    def _run_inner(self, oracle: Oracle, theta: torch.Tensor, phi0: torch.Tensor, backprop_steps: int):
+        """phi_K from phi0 with the inner solver, tracked through the last ``backprop_steps`` steps."""
+        return run_inner_loop(oracle, theta, phi0, self.inner, self.inner_steps, backprop_steps)

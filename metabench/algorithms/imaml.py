@@ -14,29 +14,23 @@ the meta-gradient by O(delta) but keeps CG well-posed where the inner Hessian is
 weights), as the damping in iMAML's reference code does.
 """
 
-from metabench._checks import check_int, check_real
-from metabench.algorithms.base import INNER_OPTIONS, Option
+from metabench.algorithms.base import INNER_OPTIONS
 from metabench.algorithms.implicit import ImplicitAlgorithm
 from metabench.algorithms.registry import register
-from metabench.solvers.linear import conjugate_gradient
+from metabench.options import pick
+from metabench.solvers import cg
 
 __all__ = ["CG_OPTIONS", "IMAML"]
 
-CG_OPTIONS = {
-    "cg_iters": Option(5, lambda n, v: check_int(n, v, low=0), "conjugate-gradient iterations"),
-    "cg_tol": Option(
-        0.0, lambda n, v: check_real(n, v, low=0.0), "stop CG once ||r|| <= cg_tol ||b|| (0: never early)"
-    ),
-    "damping": Option(
-        0.0, lambda n, v: check_real(n, v, low=0.0), "delta: CG solves (d2g/dphi2 + delta I) v = grad_phi f"
-    ),
-}
+#: the flat options of the default CG solver (and ``linear_solver``, an instance that replaces them)
+CG_OPTIONS = pick("linear_solver", "cg_iters", "cg_tol", "damping")
 
 
 @register
 class IMAML(ImplicitAlgorithm):
     name = "imaml"
     options_spec = INNER_OPTIONS | CG_OPTIONS
+    linear_options = ("cg_iters", "cg_tol", "damping")
 
-    def solve(self, matvec, rhs, v0):
-        return conjugate_gradient(matvec, rhs, self.cg_iters, x0=None, tol=self.cg_tol)
+    def default_linear_solver(self):
+        return cg(iters=self.cg_iters, tol=self.cg_tol, damping=self.damping)

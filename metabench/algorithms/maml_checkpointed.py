@@ -1,15 +1,16 @@
 """MAML with gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost").
 
 Computes MAML's meta-gradient exactly, grad = d/dtheta mean_i f_i(theta, phi_K,i(theta)) with
-back-prop through all K inner steps (``gd`` or ``nesterov``), but keeps only the solver state
-(phi, or (phi, y) for Nesterov) at the boundaries of segments of C = ``checkpoint_every`` steps
-(None: C = max(1, round(sqrt(K)))). Forward runs each segment without a graph; backward re-runs
-one segment at a time with differentiable steps (inner gradient with create_graph=True) and
-back-propagates through it, so memory is O(K/C + C) steps' worth, O(sqrt(K)) at the default C,
-instead of maml's O(K).
+back-prop through all K inner steps of the inner solver it is given, but keeps only the solver's state
+(phi for GD, (phi, y) for Nesterov, whatever tuple another solver steps on) at the boundaries of
+segments of C = ``checkpoint_every`` steps (None: C = max(1, round(sqrt(K)))). Forward runs each
+segment without a graph; backward re-runs one segment at a time with differentiable steps (inner
+gradient with create_graph=True) and back-propagates through it, so memory is O(K/C + C) steps' worth,
+O(sqrt(K)) at the default C, instead of maml's O(K). Any solver whose step depends on (theta, k, state)
+alone (``InnerSolver.checkpointable``) can be recomputed this way; another is refused.
 
-The price is one extra forward pass: inner_grads = 2 n K (n K forward + n K recomputed during
-backward), outer_grads = n, hvps = n K (one per back-propagated step), as for maml otherwise.
+The price is one extra forward pass, and the oracle counts it: inner_grads = 2 n K (n K forward + n K
+recomputed during backward), outer_grads = n, hvps = n K (one per back-propagated step).
 
 Why not ``torch.utils.checkpoint``: the reentrant variant refuses ``torch.autograd.grad``, and the
 non-reentrant one, when the checkpointed function itself calls ``autograd.grad`` (each inner step
@@ -21,15 +22,14 @@ segment and more memory than plain maml. Each segment here is a small ``autograd
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 
-from metabench._checks import check_int
-from metabench.algorithms.base import INNER_OPTIONS, Option
+from metabench.algorithms.base import INNER_OPTIONS
+from metabench.algorithms.inner_loop import InnerRun
 from metabench.algorithms.registry import register
 from metabench.algorithms.unrolled import UnrolledAlgorithm
-from metabench.errors import DivergenceError
+from metabench.options import pick
 
 __all__ = ["MAMLCheckpointed"]
 
@@ -56,61 +56,50 @@ class _Segment(torch.autograd.Function):
         return (None, *(next(grads) if need else None for need in wanted))
 
 
-def _checkpoint_every(name, value):
-    return None if value is None else check_int(name, value, low=1)
-
-
 @register
 class MAMLCheckpointed(UnrolledAlgorithm):
     name = "maml_checkpointed"
-    options_spec = INNER_OPTIONS | {
-        "checkpoint_every": Option(None, _checkpoint_every, "C, inner steps per recomputed segment; None: sqrt(K)"),
-    }
+    options_spec = INNER_OPTIONS | pick("checkpoint_every")
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if not self.inner.checkpointable:
+            raise ValueError(
+                f"maml_checkpointed recomputes inner steps from stored solver states, and inner solver "
+                f"{self.inner!r} says its step is not a function of its state alone (checkpointable = False)"
+            )
 
     def segment_length(self) -> int:
         """C, the inner steps per recomputed segment (the last one may be shorter)."""
         c = self.checkpoint_every
         return max(1, round(math.sqrt(self.inner_steps))) if c is None else c
 
-    def _compute(self, problem, theta, tasks, state):
-        result = super()._compute(problem, theta, tasks, state)  # maml's engine, with _run_inner below
-        result.counts = replace(result.counts, inner_grads=2 * len(tasks) * self.inner_steps)
+    def _compute(self, oracle, theta, state):
+        result = super()._compute(oracle, theta, state)  # maml's engine, with _run_inner below
         c = self.segment_length()
         result.info.update(checkpoint_every=c, segments=-(-self.inner_steps // c))
         return result
 
-    def _run_inner(self, problem, theta, phi0, tasks, backprop_steps):
+    def _run_inner(self, oracle, theta, phi0, backprop_steps):
         """phi_K, differentiable through all K steps, from recomputed segments."""
-        K, lr, momentum, nesterov = self.inner_steps, self.inner_lr, self.momentum, self.inner_solver == "nesterov"
+        K, solver = self.inner_steps, self.inner
         if K == 0:
             return phi0.clone()
-
-        def inner_grad(theta, phi, track):  # as Algorithm._run_inner's grad_fn
-            phi_in = phi if track and phi.requires_grad else phi.detach().requires_grad_()
-            loss = problem.inner_loss(theta, phi_in, tasks).sum()
-            return torch.autograd.grad(loss, phi_in, create_graph=track)[0]
+        watch = InnerRun(oracle, theta, solver)  # sees the forward pass: first and last inner objective
 
         def segment(start, stop):
-            def run(theta, phi, *y, track):  # the steps of metabench.solvers.inner; state (phi,) or (phi, y)
+            def run(theta, *state, track):
+                inner = InnerRun(oracle, theta, solver) if track else watch
+                inner.theta, inner.track = theta, track
                 for k in range(start, stop):
-                    if not nesterov:
-                        phi = phi - lr * inner_grad(theta, phi, track)
-                        continue
-                    phi_next = y[0] - lr * inner_grad(theta, y[0], track)
-                    beta = momentum if momentum is not None else k / (k + 3)
-                    phi, y = phi_next, (phi_next + beta * (phi_next - phi),)
-                return (phi, *y)
+                    state = solver.step(inner, k, state)
+                return state
 
             return run
 
         c = self.segment_length()
-        state = (phi0, phi0) if nesterov else (phi0,)
+        state = solver.init(phi0)
         for start in range(0, K, c):
             state = _Segment.apply(segment(start, min(start + c, K)), theta, *state)
-        phi = state[0]
-        if not bool(torch.isfinite(phi).all()):
-            raise DivergenceError(
-                f"inner solver {self.inner_solver!r} diverged: phi is not finite after {K} steps with "
-                f"inner_lr={lr} (GD on an L-smooth inner problem needs inner_lr < 2/L)"
-            )
-        return phi
+        watch.check(state[0], K)
+        return state[0]

@@ -15,19 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from metabench.algorithms.base import INNER_OPTIONS, Option
+from metabench.algorithms.base import INNER_OPTIONS
 from metabench.algorithms.imaml import CG_OPTIONS
 from metabench.algorithms.implicit import ImplicitAlgorithm
 from metabench.algorithms.registry import register
-from metabench.solvers.linear import conjugate_gradient
+from metabench.options import pick
+from metabench.solvers import cg
 
 __all__ = ["RMMetaL", "WarmStartState"]
-
-
-def _flag(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -43,22 +38,20 @@ class WarmStartState:
 class RMMetaL(ImplicitAlgorithm):
     name = "rm_metal"
     stateful = True
-    options_spec = (
-        INNER_OPTIONS
-        | CG_OPTIONS
-        | {
-            "warm_phi": Option(True, _flag, "start the inner solver from the last phi_K of the task"),
-            "warm_v": Option(True, _flag, "start CG from the last v of the task"),
-        }
-    )
+    options_spec = INNER_OPTIONS | CG_OPTIONS | pick("warm_phi", "warm_v")
+    linear_options = ("cg_iters", "cg_tol", "damping")
 
-    def start(self, problem, theta, tasks, state):
-        phi0 = problem.inner_init(theta, tasks).detach()
+    def default_linear_solver(self):
+        return cg(iters=self.cg_iters, tol=self.cg_tol, damping=self.damping)
+
+    def start(self, oracle, theta, state):
+        phi0 = oracle.inner_init(theta).detach()
         if state is None:
             return phi0, None
-        if not isinstance(state, WarmStartState) or tuple(state.phi.shape) != (problem.n_tasks, *problem.phi_shape):
+        if not isinstance(state, WarmStartState) or tuple(state.phi.shape) != (oracle.n_tasks, *oracle.phi_shape):
             raise ValueError("state must be the .state of an earlier rm_metal call on this problem")
-        seen = state.seen[tasks].reshape(-1, *([1] * len(problem.phi_shape))).to(theta.device)
+        tasks = oracle.tasks
+        seen = state.seen[tasks].reshape(-1, *([1] * len(oracle.phi_shape))).to(theta.device)
         if self.warm_phi:
             phi0 = torch.where(seen, state.phi[tasks].to(phi0), phi0)
         if not self.warm_v or not bool(seen.any()):  # nothing to warm-start CG from: a cold start, as on call one
@@ -66,18 +59,15 @@ class RMMetaL(ImplicitAlgorithm):
         v0 = torch.where(seen, state.v[tasks].to(phi0), torch.zeros_like(phi0))
         return phi0, v0
 
-    def solve(self, matvec, rhs, v0):
-        return conjugate_gradient(matvec, rhs, self.cg_iters, x0=v0, tol=self.cg_tol)
-
-    def carry(self, problem, tasks, state, phi, v):
+    def carry(self, oracle, state, phi, v):
         if state is None:
-            shape = (problem.n_tasks, *problem.phi_shape)
+            shape = (oracle.n_tasks, *oracle.phi_shape)
             state = WarmStartState(
                 phi=torch.zeros(shape, dtype=phi.dtype, device=phi.device),
                 v=torch.zeros(shape, dtype=phi.dtype, device=phi.device),
-                seen=torch.zeros(problem.n_tasks, dtype=torch.bool, device=phi.device),
+                seen=torch.zeros(oracle.n_tasks, dtype=torch.bool, device=phi.device),
             )
-        tasks = tasks.to(phi.device)
+        tasks = oracle.tasks.to(phi.device)
         return WarmStartState(
             phi=state.phi.index_put((tasks,), phi.to(state.phi)),
             v=state.v.index_put((tasks,), v.to(state.v)),

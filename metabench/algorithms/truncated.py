@@ -6,10 +6,10 @@ On the MAML family theta then enters only through the proximal term lam/2 ||phi 
 so T < K with lam = 0 is refused (its meta-gradient would be exactly zero).
 """
 
-from metabench._checks import check_int
-from metabench.algorithms.base import INNER_OPTIONS, Option
+from metabench.algorithms.base import INNER_OPTIONS
 from metabench.algorithms.registry import register
 from metabench.algorithms.unrolled import UnrolledAlgorithm
+from metabench.options import pick
 
 __all__ = ["Truncated"]
 
@@ -17,9 +17,7 @@ __all__ = ["Truncated"]
 @register
 class Truncated(UnrolledAlgorithm):
     name = "truncated"
-    options_spec = INNER_OPTIONS | {
-        "truncate": Option(5, lambda n, v: check_int(n, v, low=1), "T, steps back-propagated (1..inner_steps)"),
-    }
+    options_spec = INNER_OPTIONS | pick("truncate")
 
     def _check_options(self) -> None:
         if self.truncate > self.inner_steps:

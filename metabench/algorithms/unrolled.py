@@ -1,4 +1,4 @@
-"""The unrolled (iterative differentiation) family: maml, truncated, itd_bio, fomaml.
+"""The unrolled (iterative differentiation) family: maml, truncated, itd_bio, fomaml, maml_checkpointed.
 
 phi_K = Solver^K(phi0(theta)); the hypergradient is d/dtheta mean_i f_i(theta, phi_K,i) with
 reverse-mode back-prop through the last T inner steps (phi_{K-T} held constant when T < K).
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from metabench.algorithms.base import Algorithm
-from metabench.algorithms.result import Hypergradient, OracleCounts
+from metabench.algorithms.base import Algorithm, Computed
+from metabench.solvers import GradientDescent
 
 __all__ = ["UnrolledAlgorithm"]
 
@@ -27,38 +27,29 @@ class UnrolledAlgorithm(Algorithm):
         return self.inner_steps
 
     def differentiated_objective(self) -> dict | None:
-        if self.first_order or self.inner_solver != "gd":
+        if self.first_order or not isinstance(self.inner, GradientDescent):
             return None
-        return {"inner_steps": self.inner_steps, "inner_lr": self.inner_lr, "truncate": self.backprop_steps()}
+        return {"inner_steps": self.inner_steps, "inner_lr": self.inner.lr, "truncate": self.backprop_steps()}
 
-    def _compute(self, problem, theta, tasks, state) -> Hypergradient:
-        n = len(tasks)
-        steps = 0 if self.first_order else self.backprop_steps()
+    def _compute(self, oracle, theta, state) -> Computed:
         run = self._first_order if self.first_order else self._backprop
-        grad, phi = run(problem, theta, tasks)
-        counts = OracleCounts(inner_grads=n * self.inner_steps, outer_grads=n, hvps=n * steps)
-        return Hypergradient(grad=grad, counts=counts, phi=phi, tasks=tasks, info={"backprop_steps": steps})
+        grad, phi = run(oracle, theta)
+        return Computed(grad=grad, phi=phi, info={"backprop_steps": 0 if self.first_order else self.backprop_steps()})
 
-    def _backprop(self, problem, theta, tasks):
+    def _backprop(self, oracle, theta):
         theta = theta.requires_grad_(True)
         with torch.enable_grad():
-            phi0 = problem.inner_init(theta, tasks)
-            phi = self._run_inner(problem, theta, phi0, tasks, self.backprop_steps())
-            outer = problem.outer_loss(theta, phi, tasks).mean()
-            (grad,) = torch.autograd.grad(outer, theta, allow_unused=True)
-        grad = torch.zeros_like(theta) if grad is None else grad
-        return grad.detach(), phi.detach()
+            phi0 = oracle.inner_init(theta)
+            phi = self._run_inner(oracle, theta, phi0, self.backprop_steps())
+            (grad,) = oracle.outer_grad(theta, phi, wrt=(theta,))
+        return grad.detach() / oracle.n, phi.detach()
 
-    def _first_order(self, problem, theta, tasks):
+    def _first_order(self, oracle, theta):
         theta = theta.requires_grad_(True)
         with torch.enable_grad():
-            phi0 = problem.inner_init(theta, tasks)
-            phi = self._run_inner(problem, theta, phi0, tasks, backprop_steps=0).detach().requires_grad_(True)
-            outer = problem.outer_loss(theta, phi, tasks).mean()
-            grad_theta, grad_phi = torch.autograd.grad(outer, (theta, phi), allow_unused=True)
+            phi0 = oracle.inner_init(theta)
+            phi = self._run_inner(oracle, theta, phi0, backprop_steps=0).detach().requires_grad_(True)
+            grad_theta, grad_phi = oracle.outer_grad(theta, phi, wrt=(theta, phi))
             (through_phi0,) = torch.autograd.grad(phi0, theta, grad_outputs=grad_phi, allow_unused=True)
-        grad = torch.zeros_like(theta)
-        for part in (grad_theta, through_phi0):
-            if part is not None:
-                grad = grad + part
-        return grad.detach(), phi.detach()
+        grad = grad_theta if through_phi0 is None else grad_theta + through_phi0
+        return grad.detach() / oracle.n, phi.detach()

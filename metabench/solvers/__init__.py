@@ -1,13 +1,45 @@
-"""Shared numerical pieces: inner solvers (GD, Nesterov) and linear solvers (CG, Neumann)."""
+"""Shared numerical components: inner solvers (``solvers.inner``) and linear solvers (``solvers.linear``).
 
-from metabench.solvers.inner import INNER_SOLVERS, gradient_descent, nesterov, run_inner_solver
-from metabench.solvers.linear import conjugate_gradient, neumann_series
+Each is a small object with its own options and one public factory (``gradient_descent``, ``nesterov``,
+``cg``, ``neumann``); algorithms take them as components instead of reading string options by name.
+"""
+
+from metabench.solvers.inner import (
+    INNER_SOLVERS,
+    GradientDescent,
+    InnerAccess,
+    InnerSolver,
+    Nesterov,
+    gradient_descent,
+    make_inner_solver,
+    nesterov,
+)
+from metabench.solvers.linear import (
+    LINEAR_SOLVERS,
+    ConjugateGradient,
+    LinearSolver,
+    Neumann,
+    cg,
+    conjugate_gradient,
+    neumann,
+    neumann_series,
+)
 
 __all__ = [
     "INNER_SOLVERS",
+    "LINEAR_SOLVERS",
+    "ConjugateGradient",
+    "GradientDescent",
+    "InnerAccess",
+    "InnerSolver",
+    "LinearSolver",
+    "Nesterov",
+    "Neumann",
+    "cg",
     "conjugate_gradient",
     "gradient_descent",
+    "make_inner_solver",
     "nesterov",
+    "neumann",
     "neumann_series",
-    "run_inner_solver",
 ]

@@ -1,0 +1,154 @@
+"""The only way algorithms touch a problem: gradients and second-order products, counted as performed.
+
+iMAML's Table 1 states compute in oracle calls, so the counts are results, and they are counted
+here, where the calls happen, never declared by an algorithm. One :class:`Oracle` serves one
+hypergradient computation on a batch of tasks (a chunk of them); every call is batched over those
+n tasks and counts n, one per task:
+
+- ``inner_grad(theta, phi)``: grad_phi g_i(theta, phi_i)                       -> ``inner_grads``
+  With ``differentiable=True`` the gradient keeps its graph (create_graph) so the step that uses it
+  can be back-propagated; each backward pass through it is one ``hvps`` (that backward yields the
+  d2g/dphi2 and d2g/(dtheta dphi) products together), counted by a hook when it happens.
+- ``outer_grad(theta, phi, wrt)``: the gradients of sum_i f_i with respect to ``wrt`` (one backward,
+  through whatever graph phi carries)                                           -> ``outer_grads``
+- ``linearize(theta, phi)``: the inner gradient at phi with its graph           -> ``inner_grads``
+  and, on the returned :class:`Linearization`, ``hvp(u)`` = d2g_i/dphi2 u_i        -> ``hvps``
+  and ``cross(v)`` = d2g_i/(dtheta dphi) v_i, summed over tasks (the AID term)   -> ``jvps``
+- ``inner_hvp(theta, phi, u)``: a Hessian-vector product at a point (an inner solver's Newton step)
+  -> ``inner_grads`` + ``hvps``.
+
+``inner_init`` (phi0(theta)) and the problem's shapes are read without counting. ``.counts`` is
+what was counted so far, as :class:`OracleCounts`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+__all__ = ["Linearization", "Oracle", "OracleCounts"]
+
+
+@dataclass(frozen=True)
+class OracleCounts:
+    """Oracle calls of one hypergradient, summed over the tasks of the call (see the module docstring)."""
+
+    inner_grads: int = 0
+    outer_grads: int = 0
+    hvps: int = 0
+    jvps: int = 0
+
+    def __add__(self, other: OracleCounts) -> OracleCounts:
+        return OracleCounts(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.inner_grads, self.outer_grads, self.hvps, self.jvps)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Oracle:
+    """Counted access to ``problem`` on the tasks ``tasks`` (a 1-D index tensor) of one computation."""
+
+    def __init__(self, problem, tasks: torch.Tensor):
+        self._problem = problem
+        self.tasks = tasks
+        self.n = len(tasks)
+        self._counts = {"inner_grads": 0, "outer_grads": 0, "hvps": 0, "jvps": 0}
+
+    # ------------------------------------------------------------------ what may be read freely
+    @property
+    def counts(self) -> OracleCounts:
+        return OracleCounts(**self._counts)
+
+    @property
+    def n_tasks(self) -> int:
+        """Tasks in the whole problem (not only this call's)."""
+        return self._problem.n_tasks
+
+    @property
+    def phi_shape(self) -> tuple[int, ...]:
+        return tuple(self._problem.phi_shape)
+
+    def inner_init(self, theta: torch.Tensor) -> torch.Tensor:
+        """phi0_i(theta) stacked over the tasks (keeps its graph to theta; not an oracle call)."""
+        return self._problem.inner_init(theta, self.tasks)
+
+    def _count(self, kind: str) -> None:
+        self._counts[kind] += self.n
+
+    # ------------------------------------------------------------------ counted calls
+    def inner_grad(self, theta: torch.Tensor, phi: torch.Tensor, *, differentiable: bool = False):
+        """(g_i(theta, phi_i), grad_phi g_i(theta, phi_i)) stacked over tasks; the loss values are detached.
+
+        ``differentiable=False``: both are computed at detached theta and phi, without a graph.
+        ``differentiable=True``: the gradient keeps its graph to theta and phi (create_graph), and each
+        backward pass through it is counted as one Hessian-vector product per task.
+        """
+        self._count("inner_grads")
+        with torch.enable_grad():
+            if differentiable:
+                phi_in = phi if phi.requires_grad else phi.detach().requires_grad_(True)
+                loss = self._problem.inner_loss(theta, phi_in, self.tasks)
+                (grad,) = torch.autograd.grad(loss.sum(), phi_in, create_graph=True)
+                if grad.requires_grad:
+                    grad.register_hook(self._backward_through_inner_grad)
+                return loss.detach(), grad
+            phi_in = phi.detach().requires_grad_(True)
+            loss = self._problem.inner_loss(theta.detach(), phi_in, self.tasks)
+            (grad,) = torch.autograd.grad(loss.sum(), phi_in)
+        return loss.detach(), grad
+
+    def _backward_through_inner_grad(self, grad_of_grad: torch.Tensor) -> None:
+        self._count("hvps")
+
+    def outer_grad(self, theta: torch.Tensor, phi: torch.Tensor, wrt: tuple[torch.Tensor, ...]):
+        """d/d(wrt) of sum_i f_i(theta, phi_i), one backward (through phi's graph, if it has one).
+
+        The sum, not the mean: its gradient with respect to phi is the stack of the per-task gradients
+        grad_phi f_i, whatever the number of tasks in the call. Returns one gradient per tensor of ``wrt``
+        (zeros where f does not depend on it)."""
+        self._count("outer_grads")
+        with torch.enable_grad():
+            loss = self._problem.outer_loss(theta, phi, self.tasks).sum()
+            grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        return tuple(torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt))
+
+    def linearize(self, theta: torch.Tensor, phi: torch.Tensor) -> Linearization:
+        """The inner gradient at (theta, phi) with its graph, for products with the inner Hessian at phi."""
+        self._count("inner_grads")
+        theta_in = theta.detach().requires_grad_(True)
+        phi_in = phi.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = self._problem.inner_loss(theta_in, phi_in, self.tasks)
+            (grad,) = torch.autograd.grad(loss.sum(), phi_in, create_graph=True)
+        return Linearization(self, theta_in, phi_in, loss.detach(), grad)
+
+    def inner_hvp(self, theta: torch.Tensor, phi: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """d2g_i/dphi2 (theta, phi_i) u_i, stacked over tasks (one inner gradient and one product per task)."""
+        return self.linearize(theta, phi).hvp(u)
+
+
+class Linearization:
+    """The inner gradient at one point, kept with its graph: products with the inner Hessian there."""
+
+    def __init__(self, oracle: Oracle, theta: torch.Tensor, phi: torch.Tensor, loss: torch.Tensor, grad):
+        self._oracle, self.theta, self.phi, self.loss, self.grad = oracle, theta, phi, loss, grad
+
+    def hvp(self, u: torch.Tensor) -> torch.Tensor:
+        """d2g_i/dphi2 u_i stacked over tasks (no graph kept)."""
+        self._oracle._count("hvps")
+        with torch.enable_grad():
+            (product,) = torch.autograd.grad(self.grad, self.phi, grad_outputs=u, retain_graph=True)
+        return product
+
+    def cross(self, v: torch.Tensor) -> torch.Tensor:
+        """sum_i d2g_i/(dtheta dphi) v_i, theta's shape (zeros if g does not couple theta and phi)."""
+        self._oracle._count("jvps")
+        with torch.enable_grad():
+            (product,) = torch.autograd.grad(
+                self.grad, self.theta, grad_outputs=v.detach(), retain_graph=True, allow_unused=True
+            )
+        return torch.zeros_like(self.theta) if product is None else product

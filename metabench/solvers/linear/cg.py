@@ -1,0 +1,83 @@
+"""Conjugate gradient (Hestenes-Stiefel) for H x = b, H symmetric positive definite, batched over tasks.
+
+    r_0 = b - H x_0, p_0 = r_0;  alpha_k = r_k'r_k / p_k'H p_k,  x_{k+1} = x_k + alpha_k p_k,
+    r_{k+1} = r_k - alpha_k H p_k,  beta_k = r_{k+1}'r_{k+1} / r_k'r_k,  p_{k+1} = r_{k+1} + beta_k p_k.
+
+``conjugate_gradient`` is the algorithm on any batched operator; ``cg(...)`` is the solver component
+the implicit algorithms take (iMAML Algorithm 2, RM-MetaL's Subroutine 1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metabench._checks import check_int, check_real
+from metabench.errors import SolverBreakdown
+from metabench.solvers.linear.base import LinearSolver, MatVec, per_task_dot
+
+__all__ = ["ConjugateGradient", "cg", "conjugate_gradient"]
+
+
+def conjugate_gradient(
+    matvec: MatVec, b: torch.Tensor, iters: int, x0: torch.Tensor | None = None, tol: float = 0.0
+) -> tuple[torch.Tensor, int]:
+    """``iters`` CG iterations for H x = b from ``x0`` (default 0); returns (x, products used).
+
+    Stops early once every task has ||r|| <= tol ||b|| (tol = 0: only on an exactly zero residual);
+    a task already converged takes zero steps. A starting point costs one extra product. Raises
+    ``SolverBreakdown`` if p'H p <= 0 for a task that has not converged.
+    """
+    tol = check_real("cg_tol", tol, low=0.0, high=1.0)
+    matvecs = 0
+    if x0 is None:
+        x, r = torch.zeros_like(b), b.clone()
+    else:
+        x, r = x0.clone(), b - matvec(x0)
+        matvecs += 1
+    p = r.clone()
+    rr = per_task_dot(r, r)
+    threshold = tol * tol * per_task_dot(b, b)  # tol <= 1: no overflow
+    for _ in range(iters):
+        active = ~(rr <= threshold)  # a NaN residual is not convergence: it runs on and surfaces as NaN
+        if not bool(active.any()):
+            break
+        Hp = matvec(p)
+        matvecs += 1
+        pHp = per_task_dot(p, Hp)
+        if bool((active & (pHp <= 0)).any()):
+            raise SolverBreakdown(
+                "conjugate gradient met non-positive curvature p'Hp <= 0: the inner Hessian is not "
+                "positive definite at phi_K (is the inner problem strongly convex? damping > 0 makes it so)"
+            )
+        alpha = torch.where(active, rr / torch.where(active, pHp, torch.ones_like(pHp)), torch.zeros_like(rr))
+        x = x + alpha * p
+        r = r - alpha * Hp
+        rr_next = per_task_dot(r, r)
+        beta = torch.where(active, rr_next / torch.where(active, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+        p = r + beta * p
+        rr = rr_next
+    return x, matvecs
+
+
+class ConjugateGradient(LinearSolver):
+    """``iters`` CG iterations on (H + damping I) x = b, stopping once ||r|| <= tol ||b|| (tol = 0: never early)."""
+
+    name = "cg"
+
+    def __init__(self, iters: int = 5, tol: float = 0.0, damping: float = 0.0):
+        super().__init__(damping)
+        self.iters = check_int("cg_iters", iters, low=0)
+        self.tol = check_real("cg_tol", tol, low=0.0, high=1.0)
+
+    def _solve(self, matvec, b, x0):
+        x, products = conjugate_gradient(matvec, b, self.iters, x0=x0, tol=self.tol)
+        return x, {"linear_solver_matvecs": products}
+
+    @property
+    def options(self):
+        return {"linear_solver": self.name, "cg_iters": self.iters, "cg_tol": self.tol, "damping": self.damping}
+
+
+def cg(iters: int = 5, tol: float = 0.0, damping: float = 0.0) -> ConjugateGradient:
+    """Conjugate gradient: ``iters`` iterations (``cg_iters``), relative residual ``tol`` in [0, 1], ``damping``."""
+    return ConjugateGradient(iters, tol, damping)
