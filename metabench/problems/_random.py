@@ -1,10 +1,39 @@
-"""Seeded random pieces shared by the synthetic problem generators."""
+"""Seeded random pieces shared by the synthetic problem generators, and the range of condition numbers they build."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["condition_spectrum", "random_orthonormal"]
+from metabench._checks import check_real
+
+__all__ = ["MAX_KAPPA", "check_kappa", "condition_spectrum", "random_orthonormal"]
+
+MAX_KAPPA = 1e12
+"""The largest condition number the generators accept (see :func:`check_kappa`)."""
+
+
+def check_kappa(kappa) -> float:
+    """``kappa`` as a float in [1, MAX_KAPPA = 1e12], or a ValueError naming it and the range.
+
+    The generators form their matrices in float64 (Q diag(g) Q', X'X / n), with rounding errors of
+    about eps * L * sqrt(dim) (eps = 2.2e-16, L the largest eigenvalue). The smallest eigenvalue
+    mu = L / kappa is only meaningful while it is far above that, i.e. while eps sqrt(dim) kappa << 1:
+    at kappa = 1e12 this bound is 0.3% for dim = 200 and 0.7% for dim = 1000, so the realised condition
+    number stays within ~1% of the request (measured: 1e-5 to 1e-4 at dim 50..1000), while at
+    kappa ~ 1e16 mu drowns in rounding and the realised condition number can even come out negative
+    (kappa = 1e18 did).
+    """
+    try:
+        return check_real("kappa", kappa, low=1.0, high=MAX_KAPPA)
+    except ValueError as err:
+        if math.isfinite(float(kappa)) and float(kappa) > MAX_KAPPA:  # a Real (else TypeError): too large
+            raise ValueError(
+                f"{err}: beyond {MAX_KAPPA:g} the float64 rounding of the generated matrices "
+                "(about 2.2e-16 * L * sqrt(dim)) swamps their smallest eigenvalue L/kappa"
+            ) from None
+        raise
 
 
 def random_orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:

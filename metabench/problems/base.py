@@ -45,6 +45,8 @@ class BilevelProblem(ABC):
     """
 
     family: ClassVar[str]
+    truth: ClassVar[str] = "none"
+    """What errors are measured against: "exact" (closed forms), "reference" (a float64 reference), "none"."""
     n_tasks: int
     theta_shape: tuple[int, ...]
     phi_shape: tuple[int, ...]

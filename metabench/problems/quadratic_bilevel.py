@@ -14,8 +14,14 @@ from __future__ import annotations
 import torch
 
 from metabench._checks import check_finite_tensor, check_int, check_real
-from metabench.problems._gd_closed_form import geometric_sum, step_powers
-from metabench.problems._random import condition_spectrum, random_orthonormal
+from metabench.problems._gd_closed_form import (
+    check_gd_finite,
+    check_nonsingular,
+    geometric_sum,
+    require_finite,
+    step_powers,
+)
+from metabench.problems._random import check_kappa, condition_spectrum, random_orthonormal
 from metabench.problems.base import BilevelProblem
 
 __all__ = ["QuadraticBilevel"]
@@ -28,6 +34,7 @@ class QuadraticBilevel(BilevelProblem):
     """
 
     family = "bilevel"
+    truth = "exact"
 
     def __init__(self, A, B, c, t, rho: float, meta: dict | None = None):
         self.rho = check_real("rho", rho, low=0.0)
@@ -88,11 +95,16 @@ class QuadraticBilevel(BilevelProblem):
 
         A_i = Q_i diag(a) Q_i' with a random orthogonal Q_i; B_i has N(0, 1/p) entries,
         c_i and t_i are N(0, 1). Deterministic in ``seed``; built in float64.
+
+        kappa must be in [1, 1e12]: A_i carries float64 rounding errors of about eps * sqrt(q)
+        (eps = 2.2e-16, largest eigenvalue 1), so its smallest eigenvalue 1/kappa is meaningful only far
+        above that, and kappa <= 1e12 keeps the realised condition number within ~1% for q up to ~1000
+        (``_random.check_kappa``).
         """
         n_tasks = check_int("n_tasks", n_tasks, low=1)
         p = check_int("p", p, low=1)
         q = check_int("q", q, low=1)
-        kappa = check_real("kappa", kappa, low=1.0)
+        kappa = check_kappa(kappa)
         rho = check_real("rho", rho, low=0.0)
         seed = check_int("seed", seed, low=0)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -148,6 +160,19 @@ class QuadraticBilevel(BilevelProblem):
     def _theta64(self, theta) -> torch.Tensor:
         return self.check_theta(theta).detach().to(device=self.device, dtype=torch.float64)
 
+    def _solvable(self, what: str, tasks=None):
+        """``_matrices(tasks)`` once every A_i is checked nonsingular in float64 (else ValueError)."""
+        if "_extremes" not in self.__dict__:  # (eig_min, eig_max) of every A_i: fixed data, computed once
+            eig = torch.linalg.eigvalsh(self._matrices()[0])
+            self._extremes = torch.stack([eig[:, 0], eig[:, -1]], dim=1)
+        idx = self.task_index(tasks)
+        hint = "A_i must be well conditioned (eig_min / eig_max far above 2.2e-16 * sqrt(q))"
+        check_nonsingular(what, self._extremes[idx], self.q, idx, "inner Hessian A_i", hint)
+        return self._matrices(idx)
+
+    def _overflow(self, theta: torch.Tensor) -> str:
+        return f"the result is not finite at max |theta_j| = {float(theta.abs().max()):.3g} (rho = {self.rho:g})"
+
     def inner_hessian_bounds(self, tasks=None) -> tuple[float, float]:
         """(mu, L): the smallest and largest eigenvalue of the inner Hessians over the tasks (float64).
 
@@ -162,22 +187,29 @@ class QuadraticBilevel(BilevelProblem):
 
     def inner_solution(self, theta, tasks=None) -> torch.Tensor:
         """phi_i*(theta) = A_i^-1 (B_i theta + c_i), stacked over tasks (float64)."""
-        A, B, c, _ = self._matrices(tasks)
-        return torch.linalg.solve(A, B @ self._theta64(theta) + c)
+        return self._phi_star("inner_solution", self._theta64(theta), tasks)
+
+    def _phi_star(self, what: str, theta64: torch.Tensor, tasks):
+        A, B, c, _ = self._solvable(what, tasks)
+        phi = torch.linalg.solve(A, B @ theta64 + c)
+        return require_finite(what, phi, "phi* = A^-1 (B theta + c): " + self._overflow(theta64))
 
     def meta_objective(self, theta, tasks=None) -> torch.Tensor:
         """F(theta) = mean_i f_i(theta, phi_i*(theta)) (float64 scalar)."""
         theta64 = self._theta64(theta)
         t = self._matrices(tasks)[3]
-        phi = self.inner_solution(theta, tasks)
-        return 0.5 * (phi - t).pow(2).sum(-1).mean() + 0.5 * self.rho * theta64.pow(2).sum()
+        phi = self._phi_star("meta_objective", theta64, tasks)
+        value = 0.5 * (phi - t).pow(2).sum(-1).mean() + 0.5 * self.rho * theta64.pow(2).sum()
+        return require_finite("meta_objective", value, self._overflow(theta64))
 
     def exact_hypergradient(self, theta, tasks=None) -> torch.Tensor:
         """grad F(theta) = rho theta + mean_i B_i'A_i^-1 (phi_i* - t_i), exact (float64)."""
+        theta64 = self._theta64(theta)
         A, B, _, t = self._matrices(tasks)
-        phi = self.inner_solution(theta, tasks)
+        phi = self._phi_star("exact_hypergradient", theta64, tasks)
         v = torch.linalg.solve(A, phi - t)
-        return self.rho * self._theta64(theta) + torch.einsum("tij,ti->j", B, v) / len(B)
+        grad = self.rho * theta64 + torch.einsum("tij,ti->j", B, v) / len(B)
+        return require_finite("exact_hypergradient", grad, self._overflow(theta64))
 
     def exact_algorithm_gradient(
         self, theta, inner_steps: int, inner_lr: float, truncate: int | None = None, phi0=None, tasks=None
@@ -187,7 +219,8 @@ class QuadraticBilevel(BilevelProblem):
         phi_{k+1} = M phi_k + lr (B theta + c), M = I - lr A, so with the last T steps
         back-propagated  d phi_K/d theta = lr sum_{j<T} M^j B  (phi0 does not depend on theta) and
         the gradient is  rho theta + mean_i (d phi_K/d theta)'(phi_K - t_i).
-        ``phi0`` is None (zeros), a (q,) tensor for every task, or one row per task.
+        ``phi0`` is None (zeros), a (q,) tensor for every task, or one row per task. Raises
+        DivergenceError where float64 overflows (inner_lr > 2/L with K large).
         """
         K = check_int("inner_steps", inner_steps, low=0)
         lr = check_real("inner_lr", inner_lr, low=0.0, low_open=True)
@@ -207,7 +240,9 @@ class QuadraticBilevel(BilevelProblem):
         drive = lr * (B @ theta + c)
         phi_K = unrot(step_powers(a, lr, K) * rot(phi0) + geometric_sum(a, lr, K) * rot(drive))
         back = unrot(lr * geometric_sum(a, lr, T) * rot(phi_K - t))  # (lr sum M^j)'(phi_K - t)
-        return self.rho * theta + torch.einsum("tij,ti->j", B, back) / len(B)
+        grad = self.rho * theta + torch.einsum("tij,ti->j", B, back) / len(B)
+        check_gd_finite("exact_algorithm_gradient", (phi_K, back, grad), lr, float(a[:, -1].max()), K, theta)
+        return grad
 
     def meta_hessian(self, tasks=None) -> torch.Tensor:
         """The Hessian of F, constant since F is quadratic in theta (float64, (p, p)).
@@ -216,18 +251,21 @@ class QuadraticBilevel(BilevelProblem):
         ``d2F/dtheta2 = mean_i P_i'P_i + rho I``: the matrix of :meth:`exact_optimum`'s normal
         equations. Its largest eigenvalue L_F makes 1/L_F a stable step of gradient descent on F.
         """
-        A, B, _, _ = self._matrices(tasks)
+        A, B, _, _ = self._solvable("meta_hessian", tasks)
         P = torch.linalg.solve(A, B)
-        return (P.transpose(1, 2) @ P).mean(0) + self.rho * torch.eye(self.p, dtype=P.dtype, device=P.device)
+        M = (P.transpose(1, 2) @ P).mean(0) + self.rho * torch.eye(self.p, dtype=P.dtype, device=P.device)
+        return require_finite("meta_hessian", M, f"P_i = A_i^-1 B_i with rho = {self.rho:g}")
 
     def exact_optimum(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(theta*, F(theta*)): with P_i = A_i^-1 B_i and q_i = A_i^-1 c_i, theta* is the
         minimum-norm solution of  (mean_i P_i'P_i + rho I) theta = mean_i P_i'(t_i - q_i)
         (the matrix is :meth:`meta_hessian`)."""
-        A, B, c, t = self._matrices()
+        A, B, c, t = self._solvable("exact_optimum")
         P = torch.linalg.solve(A, B)
         qv = torch.linalg.solve(A, c)
         M = self.meta_hessian()
         rhs = torch.einsum("tij,ti->j", P, t - qv) / len(P)
-        theta_star = torch.linalg.pinv(M, hermitian=True) @ rhs
+        theta_star = require_finite(
+            "exact_optimum", torch.linalg.pinv(M, hermitian=True) @ rhs, "theta* = pinv(meta_hessian) rhs"
+        )
         return theta_star, self.meta_objective(theta_star)
