@@ -1,24 +1,57 @@
 """Records and the results store: one tidy row per measured case, append-only JSON Lines.
 
-Each record is a flat dict (``RECORD_FIELDS`` documents every column). The store appends one
-line per case and flushes it to disk at once, so a killed sweep loses at most the case in
-flight; a torn last line (a kill mid-write) is cut off when the store is next opened. Cases
-are identified by ``case_id`` (a hash of the case's parameters), so a rerun skips finished
-cases and never writes a duplicate. ``load_records`` gives a pandas DataFrame in one call.
+Each record is a flat dict (``RECORD_FIELDS`` documents every column); a record is a JSON object with at
+least ``schema_version``, ``case_id`` (a hash of the case's parameters) and ``status``. The store is a
+plain JSON Lines file (``pandas.read_json(path, lines=True)`` reads it) with these guarantees:
+
+- One record per case id, across processes. Writers take a lock file next to the store
+  (``<store>.lock``); under it they read the lines other writers appended since they last looked
+  (from the last byte offset parsed, not the whole file again) and append only a case id still
+  absent, so concurrent sweeps on one folder write each case once.
+- A record is either fully written or not at all: one line per record, fsynced before ``append``
+  returns; a write interrupted in this process (KeyboardInterrupt) is truncated away before the
+  exception goes on. A process killed mid-write leaves a fragment without its newline: the next writer
+  moves it, with a header saying where it came from, to ``<store>.rejected`` and cuts it from the
+  store. A complete last record that only lacks its newline is kept (the newline is added).
+  No byte is ever silently dropped.
+- Reading never fails on one bad line. The file is read as bytes and split on newlines; a line that is
+  not UTF-8, not JSON, JSON but not a record, a repeat of an earlier case id (stores written by older
+  versions can hold those: the first is kept), or a record of another ``schema_version`` is set aside
+  and reported as ``path:line: reason`` (a ``StoreWarning``, and in a ``problems`` list on request),
+  and the rest is read. A UTF-8 byte-order mark is tolerated. Readers ignore a torn last line without a
+  word, since a writer may be mid-append.
+- Records of another schema version are never mixed in: readers skip them with one warning per file,
+  and a writer refuses to open (ValueError) a store that holds any, so a sweep never resumes into it.
+
+``load_records`` gives a pandas DataFrame in one call.
 """
 
 from __future__ import annotations
 
+import collections
+import datetime
 import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
-__all__ = ["RECORD_FIELDS", "SCHEMA_VERSION", "STATUSES", "ResultsStore", "case_id", "load_records", "read_records"]
+__all__ = [
+    "RECORD_FIELDS",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "ReadProblem",
+    "ResultsStore",
+    "StoreWarning",
+    "case_id",
+    "load_records",
+    "read_records",
+]
 
-SCHEMA_VERSION = 2  # 2: training cases (mode, trajectory, ...) and inner_grad_peak_bytes
+SCHEMA_VERSION = 3  # 3: oracle-counted calls, truth and reference errors, statuses invalid
 
 STATUSES = {
     "ok": "measured",
@@ -29,6 +62,7 @@ STATUSES = {
     ),
     "oom": "ran out of memory",
     "skipped": "the algorithm does not apply to this problem (reason in `error`)",
+    "invalid": "the case's parameters were refused before it ran (reason in error)",
 }
 
 RECORD_FIELDS: dict[str, str] = {
@@ -85,8 +119,17 @@ RECORD_FIELDS: dict[str, str] = {
     "hvps": "oracle count: Hessian-vector products",
     "jvps": "oracle count: mixed second-derivative products",
     "grad_norm": "l2 norm of the computed hypergradient",
+    "truth": "what the errors are measured against: exact (closed forms), reference (float64), null (none)",
+    "reference_kind": "reference problems: implicit (converged inner solve) or unrolled (K-step GD, lam = 0)",
+    "truth_status": "ok, or 'unavailable: reason' / 'failed: reason' where a truth could not be had",
     "rel_error_exact": "norm(grad - exact hypergradient) / norm(exact), null where no closed form",
-    "rel_error_algorithm": "norm(grad - exact derivative of the algorithm run) / norm(that), null where undefined",
+    "rel_error_reference": "networks: norm(grad - float64 reference hypergradient) / norm(reference)",
+    "rel_error_algorithm": (
+        "norm(grad - derivative of the algorithm run) / norm(that): exact (closed forms) or float64 reference "
+        "(networks); null where the algorithm is not such a derivative"
+    ),
+    "rel_error_damped_reference": "damped linear solves: norm(grad - damped reference) / norm(damped reference)",
+    "damping_bias": "damped linear solves: norm(damped reference - reference) / norm(reference)",
     # training cases (null for hypergradient cases)
     "trajectory": (
         "training cases: dict of lists over outer steps t = 0..T: objective_gap (F(theta_t) - F*, null where "
@@ -102,6 +145,29 @@ RECORD_FIELDS: dict[str, str] = {
     "machine": "machine description (dict)",
     "timestamp": "UTC time the record was written (ISO 8601)",
 }
+
+
+REQUIRED_FIELDS = ("schema_version", "case_id", "status")  # what makes a JSON object a record
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class StoreWarning(UserWarning):
+    """A line of a results store was set aside (or a torn fragment moved); the message says where and why."""
+
+
+class ReadProblem(NamedTuple):
+    """One thing set aside while reading a store: ``str()`` gives ``path:lineno: reason``.
+
+    ``lineno`` is 1-based; it is None for a problem of the whole file (records of another schema version).
+    """
+
+    path: str
+    lineno: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.lineno is None else f"{self.path}:{self.lineno}: {self.reason}"
 
 
 def case_id(case: dict) -> str:
@@ -121,59 +187,296 @@ def _clean(value):
     return value
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """Every complete line of a JSON Lines store (a torn last line is ignored), without writing."""
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def _kind(value) -> str:
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _decode(raw: bytes):
+    """``(value, None)`` for a JSON line, ``(None, reason)`` for a bad one; a blank line gives ``(None, None)``."""
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+    if not text.strip():
+        return None, None
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON: {exc.msg} (column {exc.colno})"
+
+
+def _missing(record: dict) -> list[str]:
+    return [k for k in REQUIRED_FIELDS if record.get(k) is None or record.get(k) == ""]
+
+
+def _version_key(value):
+    return value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+
+
+def _versions_message(versions: collections.Counter) -> str:
+    """What a reader says of the records of other schema versions in one file (the file's path goes first)."""
+    parts = [f"{n} record{'s' if n != 1 else ''} of schema_version {v}" for v, n in versions.most_common()]
+    return (
+        f"{', '.join(parts)} skipped; this metabench reads version {SCHEMA_VERSION}: re-run the sweep into a new --out"
+    )
+
+
+class _Scan:
+    """Parse state of one store file, fed its bytes in order: offset and line number reached, case ids seen."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0  # bytes parsed so far; always just after a newline
+        self.lineno = 0  # lines parsed so far
+        self.ids: dict[str, int] = {}  # case id -> line of its (first) record
+        self.versions: collections.Counter = collections.Counter()  # other schema versions -> records
+
+    def feed(self, data: bytes, *, final: bool = False) -> tuple[list[dict], list[ReadProblem]]:
+        """Parse the complete lines of ``data`` (the bytes from ``offset`` on); with ``final`` also a last line
+        without its newline when it is JSON (else it is a torn write and ignored)."""
+        end = data.rfind(b"\n") + 1
+        records: list[dict] = []
+        problems: list[ReadProblem] = []
+        for raw in data[:end].split(b"\n")[:-1]:
+            self.lineno += 1
+            self._line(raw, records, problems)
+        self.offset += end
+        if final and end < len(data):
+            value, reason = _decode(data[end:])
+            if reason is None and value is not None:
+                self._line(data[end:], records, problems, lineno=self.lineno + 1)
+        return records, problems
+
+    def _line(self, raw: bytes, records: list, problems: list, lineno: int | None = None) -> None:
+        lineno = self.lineno if lineno is None else lineno
+        value, reason = _decode(raw)
+        if reason is None and value is None:
+            return  # a blank line
+        if reason is None and not isinstance(value, dict):
+            reason = f"JSON but not a record ({_kind(value)})"
+        elif reason is None and _missing(value):
+            reason = f"a record without {'/'.join(_missing(value))}"
+        elif reason is None and not isinstance(value["case_id"], str):
+            reason = f"a record whose case_id is not a string ({_kind(value['case_id'])})"
+        if reason is not None:
+            problems.append(ReadProblem(str(self.path), lineno, reason))
+            return
+        if value["schema_version"] != SCHEMA_VERSION:
+            self.versions[_version_key(value["schema_version"])] += 1
+            return
+        cid = value["case_id"]
+        if cid in self.ids:
+            first = self.ids[cid]
+            problems.append(
+                ReadProblem(str(self.path), lineno, f"case_id {cid} again (first at line {first}): kept the first")
+            )
+            return
+        self.ids[cid] = lineno
+        records.append(value)
+
+
+def _report(problems: Iterable[ReadProblem], into: list | None, warn: bool, stacklevel: int = 3) -> None:
+    for problem in problems:
+        if into is not None:
+            into.append(problem)
+        if warn:
+            warnings.warn(str(problem), StoreWarning, stacklevel=stacklevel)
+
+
+def read_records(path: str | os.PathLike, *, problems: list | None = None, warn: bool = True) -> list[dict]:
+    """The records of a JSON Lines store in write order, each case id once, without writing.
+
+    Lines that are not records of this schema version are set aside: each is reported as a ``StoreWarning``
+    (unless ``warn`` is false) and, when ``problems`` is a list, appended to it as a ``ReadProblem``. A torn
+    last line (a writer mid-append) is ignored silently; a complete last record without its newline is read.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.endswith("\n") and line.strip()]
+    scan = _Scan(path)
+    records, found = scan.feed(path.read_bytes(), final=True)
+    if scan.versions:
+        found.append(ReadProblem(str(path), None, _versions_message(scan.versions)))
+    _report(found, problems, warn)
+    return records
 
 
 class ResultsStore:
-    """Append-only JSON Lines file of records, one per case id."""
+    """Append-only JSON Lines file of records, one per case id, shared safely by concurrent writers.
 
-    def __init__(self, path: str | os.PathLike):
+    Opening takes the lock once: it reads the file, refuses (ValueError) a store holding records of another
+    schema version, and repairs a last line without its newline (kept if complete, else moved to
+    ``<store>.rejected``). ``refresh()`` picks up, without the lock, what other writers appended since;
+    ``append`` writes a record under the lock only if its case id is still absent.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, lock_timeout: float = 120.0):
+        from filelock import FileLock
+
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.rejected_path = self.path.with_name(self.path.name + ".rejected")
+        self.problems: list[ReadProblem] = []  # lines set aside so far, in file order
+        self.lock_timeout = lock_timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair_torn_tail()
-        self._ids = {r["case_id"] for r in self.records()}
+        self._lock = FileLock(str(self.lock_path), timeout=lock_timeout)
+        self._scan = _Scan(self.path)
+        with self._locked():
+            self.refresh()
+            self._refuse_other_versions()
+            self._repair_tail()
+            self._refuse_other_versions()
 
-    def _repair_torn_tail(self) -> None:
-        """Cut a partial last line left by a process killed mid-write."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb+") as fh:
-            data = fh.read()
-            if data.endswith(b"\n"):
-                return
-            fh.truncate(data.rfind(b"\n") + 1)
+    # reading
+
+    def refresh(self) -> int:
+        """Read the complete lines appended since this store last looked; return how many new records it found.
+
+        Cheap (one ``stat`` when nothing changed) and lock-free: a line being written is not read until whole.
+        """
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            size = 0
+        if size < self._scan.offset:  # the file was replaced or cut below what was read: read it again
+            self._scan = _Scan(self.path)
+        if size == self._scan.offset:
+            return 0
+        with open(self.path, "rb") as fh:
+            fh.seek(self._scan.offset)
+            data = fh.read(size - self._scan.offset)
+        records, found = self._scan.feed(data)
+        _report(found, self.problems, warn=True)
+        return len(records)
 
     def records(self) -> list[dict]:
-        """Every complete record in the file, in write order."""
-        return read_records(self.path)
+        """Every record in the file, in write order (read afresh, each case id once)."""
+        return read_records(self.path, warn=False)
 
     def __contains__(self, cid: str) -> bool:
-        return cid in self._ids
+        """Whether the case id was in the store at the last ``refresh`` (or write by this store)."""
+        return cid in self._scan.ids
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._scan.ids)
 
-    def append(self, record: dict) -> None:
-        """Write one record and flush it to disk; a second record with the same case_id is refused."""
+    # writing
+
+    def append(self, record: dict) -> bool:
+        """Write one record and fsync it, unless its case id is already in the store; True if it was written.
+
+        Under the lock, lines other writers appended are read first, so a case written by any process is never
+        written again (False). A record lacking case_id, schema_version or status, or of another schema version,
+        is refused (ValueError), as is any append to a store into which records of another version were written.
+        """
+        missing = _missing(record)
+        if missing:
+            raise ValueError(f"a record needs {', '.join(REQUIRED_FIELDS)}; this one lacks {'/'.join(missing)}")
+        if record["schema_version"] != SCHEMA_VERSION:
+            raise ValueError(
+                f"record {record['case_id']} has schema_version {record['schema_version']}; "
+                f"{self.path} holds version {SCHEMA_VERSION}"
+            )
         cid = record["case_id"]
-        if cid in self._ids:
-            raise ValueError(f"case {cid} is already in {self.path}; the store never holds duplicates")
-        line = json.dumps(_clean(record), sort_keys=False, allow_nan=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-        self._ids.add(cid)
+        if not isinstance(cid, str):
+            raise ValueError(f"case_id must be a string, not {cid!r}")
+        line = (json.dumps(_clean(record), allow_nan=False) + "\n").encode("utf-8")
+        with self._locked():
+            self.refresh()
+            self._repair_tail()
+            self._refuse_other_versions()
+            if cid in self._scan.ids:
+                return False
+            self._write(self.path, line)
+            self._scan.offset += len(line)
+            self._scan.lineno += 1
+            self._scan.ids[cid] = self._scan.lineno
+        return True
+
+    def _locked(self):
+        from filelock import Timeout
+
+        try:
+            return self._lock.acquire()
+        except Timeout:
+            raise TimeoutError(
+                f"{self.lock_path} stayed locked for {self.lock_timeout:g} s: another writer holds it"
+            ) from None
+
+    def _refuse_other_versions(self) -> None:
+        if self._scan.versions:
+            raise ValueError(f"{self.path}: {_versions_message(self._scan.versions)}")
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        """Append ``data`` and fsync; if anything (a KeyboardInterrupt) stops it, cut the file back and re-raise."""
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+                raise
+        finally:
+            os.close(fd)
+
+    def _repair_tail(self) -> None:
+        """Under the lock: end a complete last line with its newline, or move a torn one to ``<store>.rejected``."""
+        while True:
+            try:
+                size = os.stat(self.path).st_size
+            except FileNotFoundError:
+                return
+            offset = self._scan.offset
+            if size <= offset:
+                return
+            with open(self.path, "rb") as fh:
+                fh.seek(offset)
+                tail = fh.read(size - offset)
+            if b"\n" in tail:  # complete lines arrived from a writer that does not lock: read them first
+                self.refresh()
+                continue
+            value, reason = _decode(tail)
+            if reason is None:  # complete JSON (or blank) lacking only its newline: keep it
+                self._write(self.path, b"\n")
+                self.refresh()
+                return
+            lineno = self._scan.lineno + 1
+            stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            header = (
+                f"# {len(tail)} bytes cut from {self.path}:{lineno} (byte {offset}) at {stamp} by pid {os.getpid()}: "
+                f"an unfinished last line (a writer killed mid-write?), {reason}\n"
+            )
+            self._write(self.rejected_path, header.encode("utf-8") + tail + b"\n")
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            problem = ReadProblem(
+                str(self.path), lineno, f"an unfinished last line ({len(tail)} bytes) moved to {self.rejected_path}"
+            )
+            _report([problem], self.problems, warn=True)
+            return
 
 
-def load_records(paths: str | os.PathLike | Iterable[str | os.PathLike]):
-    """Records from JSON Lines files (or folders of ``*.jsonl``) as one pandas DataFrame."""
+def load_records(paths: str | os.PathLike | Iterable[str | os.PathLike], *, problems: list | None = None):
+    """Records from JSON Lines files (or folders of ``*.jsonl``) as one pandas DataFrame.
+
+    Each file is read as ``read_records`` reads it (each case id once per file, bad lines set aside with a
+    warning and, when ``problems`` is a list, appended to it).
+    """
     import pandas as pd
 
     if isinstance(paths, (str, os.PathLike)):
@@ -186,5 +489,5 @@ def load_records(paths: str | os.PathLike | Iterable[str | os.PathLike]):
             files.append(p)
         else:
             raise FileNotFoundError(f"no results at {p}")
-    rows = [r for f in files for r in read_records(f)]
+    rows = [r for f in files for r in read_records(f, problems=problems)]
     return pd.DataFrame(rows, columns=None if rows else list(RECORD_FIELDS))
