@@ -9,27 +9,139 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+#: Exit codes of ``metabench run`` (and, where they apply, ``report``); shown in ``metabench run --help``.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_RUN_EPILOG = """exit status:
+  0    every case of the sweep has a record and none of the newly run ones ended failed or invalid
+       (ok, skipped, diverged and oom are results, not errors); with --limit, the cases left to run
+       do not count against it (stderr says how many are left)
+  1    the sweep ran to the end but some newly run cases ended failed or invalid (a count per status and
+       the first errors go to stderr; the reasons are in the records)
+  2    bad command line or unreadable sweep file (nothing run)
+  130  interrupted (Ctrl-C); every finished case is in the store, run the same command again to resume
+"""
+#: Statuses of newly run cases that make ``metabench run`` exit 1: the others are results.
+_ERROR_STATUSES = ("failed", "invalid")
+_ERRORS_SHOWN = 5
+
+
+class _Interrupted(KeyboardInterrupt):
+    """A Ctrl-C with what the user needs to know: the one line ``main`` prints."""
+
+
+def _count(text: str) -> int:
+    """``--limit``: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _one_line(text, width: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _case_label(record: dict) -> str:
+    keys = ("inner_steps", "truncate", "cg_iters", "neumann_iters", "kappa")
+    parts = [str(record.get("algorithm")), str(record.get("problem"))]
+    parts += [
+        f"{k}={record[k]:g}" if isinstance(record[k], float) else f"{k}={record[k]}"
+        for k in keys
+        if record.get(k) is not None
+    ]
+    return " ".join(parts)
+
+
 def _run(args: argparse.Namespace) -> int:
+    from metabench.results import read_records
     from metabench.sweep import Sweep, get_preset, run_sweep
 
     sweep = Sweep.from_file(args.config) if args.config else get_preset(args.preset)
-    print(
-        f"sweep {sweep.name}: {len(sweep.cases())} cases -> {Path(args.out) / (sweep.name + '.jsonl')}", file=sys.stderr
-    )
-    summary = run_sweep(sweep, args.out, progress=not args.no_progress, limit=args.limit)
+    try:
+        cases = sweep.cases()
+    except ValueError as err:
+        source = f"sweep file {args.config}" if args.config else f"preset {args.preset}"
+        raise ValueError(f"{source}: {err}") from None
+    path = Path(args.out) / (sweep.name + ".jsonl")
+    print(f"sweep {sweep.name}: {len(cases)} cases -> {path}", file=sys.stderr)
+    before = {r.get("case_id") for r in read_records(path)}
+    try:
+        summary = run_sweep(sweep, args.out, progress=not args.no_progress, limit=args.limit)
+    except KeyboardInterrupt:
+        try:
+            n = len(read_records(path))
+            safe = f"{n} record{'' if n == 1 else 's'} {'is' if n == 1 else 'are'} safe in {path}"
+        except (ValueError, OSError):
+            safe = f"every finished case is in {path}"
+        raise _Interrupted(f"interrupted; {safe}; run the same command again to resume") from None
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     print(f"ran {summary.ran} case(s) ({statuses}); {summary.already_done} already in {summary.path}", file=sys.stderr)
-    return 0
+    records = read_records(summary.path)
+    have = {r.get("case_id") for r in records}
+    left = sum(c["case_id"] not in have for c in cases)
+    if left:
+        why = " (--limit)" if args.limit is not None else ""
+        print(f"{left} case(s) of the sweep still to run{why}; run again to go on", file=sys.stderr)
+    errors = [r for r in records if r.get("case_id") not in before and r.get("status") in _ERROR_STATUSES]
+    if not errors and not any(summary.statuses.get(s) for s in _ERROR_STATUSES):
+        return EXIT_OK
+    counts = ", ".join(f"{summary.statuses[s]} {s}" for s in _ERROR_STATUSES if summary.statuses.get(s))
+    print(f"metabench run: {counts} of {summary.ran} case(s) run now; first errors:", file=sys.stderr)
+    for record in errors[:_ERRORS_SHOWN]:
+        print(f"  {_case_label(record)} ({record.get('status')}): {_one_line(record.get('error'))}", file=sys.stderr)
+    if len(errors) > _ERRORS_SHOWN:
+        print(f"  ... {len(errors) - _ERRORS_SHOWN} more in {summary.path}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _results_files(paths: list[str]) -> list[Path]:
+    """The ``*.jsonl`` files ``load_records`` reads for ``paths``."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(p.glob("*.jsonl")) if p.is_dir() else [p])
+    return files
 
 
 def _report(args: argparse.Namespace) -> int:
-    from metabench.report import build_report
-    from metabench.results import load_records
+    import warnings
 
-    records = load_records(args.results)
-    paths = build_report(records, args.out, title=args.title)
+    from metabench import results
+    from metabench.report import build_report
+
+    store_warning = getattr(results, "StoreWarning", UserWarning)
+    with warnings.catch_warnings(record=True) as caught:  # lines the store set aside: shown in short below
+        warnings.simplefilter("always")
+        records = results.load_records(args.results)
+    set_aside = [" ".join(str(w.message).split()) for w in caught if issubclass(w.category, store_warning)]
+    for w in caught:
+        if not issubclass(w.category, store_warning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    where = ", ".join(args.results)
+    if records.empty:
+        if not _results_files(args.results):
+            why = "no *.jsonl files there"
+        elif set_aside:
+            why = f"{len(set_aside)} line(s) set aside, the first: {set_aside[0]}"
+        else:
+            why = "its results files hold no complete records"
+        raise ValueError(f"no records in {where} ({why})")
+    missing = [c for c in ("sweep", "status", "algorithm", "problem") if c not in records]
+    if missing:
+        raise ValueError(f"the records in {where} lack {missing}: not metabench results")
+    if set_aside:
+        more = f" (and {len(set_aside) - 1} more)" if len(set_aside) > 1 else ""
+        print(f"metabench report: warning: {len(set_aside)} line(s) set aside: {set_aside[0]}{more}", file=sys.stderr)
+    out = Path(args.out)
+    try:
+        paths = build_report(records, out, title=args.title)
+    except KeyboardInterrupt:
+        raise _Interrupted(f"interrupted; the report in {out} may be incomplete; run the same command again") from None
     print(f"{len(records)} records -> " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -148,12 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metabench", description="Benchmark gradient-based meta-learning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a sweep (a preset or a TOML/YAML file) into a results folder")
+    run = sub.add_parser(
+        "run",
+        help="run a sweep (a preset or a TOML/YAML file) into a results folder",
+        description="Run every case of a sweep not yet in OUT/<sweep name>.jsonl (reruns resume).",
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = run.add_mutually_exclusive_group()
     source.add_argument("--preset", default="smoke", help="named sweep (see `metabench list`); default smoke")
     source.add_argument("--config", help="sweep file (.toml, .yaml)")
     run.add_argument("--out", default="results", help="results folder (default results/); reruns resume")
-    run.add_argument("--limit", type=int, default=None, help="run at most this many new cases")
+    run.add_argument("--limit", type=_count, default=None, metavar="N", help="run at most N new cases (N >= 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)
 
@@ -192,7 +310,25 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, OSError) as err:  # bad input, a missing or unwritable path
         print(f"metabench {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, no traceback
+        _say_interrupted(args.command, str(err) if isinstance(err, _Interrupted) else "interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _say_interrupted(command: str, message: str) -> None:
+    """Print the interrupt line with a second Ctrl-C ignored, so it cannot turn into a traceback."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: no handler to swap
+        previous = None
+    try:
+        print(f"metabench {command}: {message}", file=sys.stderr, flush=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from metabench.report import figures
-from metabench.report.document import Figure, Report, Section, Table
+from metabench.report.document import Figure, Report, Section, Table, Text
 from metabench.report.fitting import least_compute, memory_per_step, table1
 from metabench.report.summary import summary_markdown
 from metabench.report.variants import THEORY
@@ -30,6 +30,10 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def _first(records: pd.DataFrame, column: str):
+    return records[column].iloc[0] if column in records else None
 
 
 def _exponent(row) -> str:
@@ -208,10 +212,19 @@ def _overview(records: pd.DataFrame) -> Section:
     if len(machines) and isinstance(machines.iloc[0], dict):
         m = machines.iloc[0]
         section.blocks.append(
-            f"Machine: {m.get('cpu_model')}, {m.get('cpu_logical_cores')} logical cores, "
-            f"{_fmt((m.get('ram_total_bytes') or 0) / 2**30)} GiB RAM, torch {m.get('torch_version')}, "
-            f"CUDA available: {m.get('cuda_available')}. metabench {_fmt(records['metabench_version'].iloc[0])}, "
-            f"commit {_fmt(records['git_commit'].iloc[0])}."
+            Text(
+                "Machine: {cpu}, {cores} logical cores, {ram} GiB RAM, torch {torch}, CUDA available: {cuda}. "
+                "metabench {version}, commit {commit}.",
+                {
+                    "cpu": m.get("cpu_model"),
+                    "cores": m.get("cpu_logical_cores"),
+                    "ram": _fmt((m.get("ram_total_bytes") or 0) / 2**30),
+                    "torch": m.get("torch_version"),
+                    "cuda": m.get("cuda_available"),
+                    "version": _fmt(_first(records, "metabench_version")),
+                    "commit": _fmt(_first(records, "git_commit")),
+                },
+            )
         )
     return section
 

@@ -1,18 +1,64 @@
 """A small document model rendered to Markdown and to self-contained HTML.
 
 Blocks are text paragraphs, tables (lists of rows) and figures (PNG + SVG files). Every string that
-comes from records is escaped: ``|`` and newlines in Markdown tables, HTML entities in HTML. The
-HTML embeds its figures as base64 PNG, so the one file can be mailed or attached to a paper.
+comes from records is escaped: by ``md_text`` in Markdown (table cells, list items, the values of a
+``Text`` paragraph), by HTML entities in HTML. A plain ``str`` block is the report's own text and goes
+into Markdown as written. The HTML embeds its figures as base64 PNG, so the one file can be mailed or
+attached to a paper.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Figure", "Report", "Section", "Table"]
+__all__ = ["Figure", "Report", "Section", "Table", "Text", "md_text"]
+
+
+_MD_ESCAPES = {
+    "\\": "\\\\",
+    "|": "\\|",
+    "`": "\\`",
+    "*": "\\*",
+    "_": "\\_",
+    "[": "\\[",
+    "]": "\\]",
+    "&": "&amp;",
+    "<": "&lt;",
+    ">": "&gt;",
+}
+_MD_SPECIAL = re.compile("|".join(re.escape(c) for c in _MD_ESCAPES))
+_NEWLINES = re.compile(r"\r\n|[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+def md_text(value: object) -> str:
+    """Record text made safe for one Markdown table cell or list item.
+
+    Line breaks become spaces; ``\\ | ` * _ [ ]`` get a backslash; ``& < >`` become HTML entities, so
+    no raw HTML survives and the text renders as written.
+    """
+    text = _NEWLINES.sub(" ", str(value))
+    return _MD_SPECIAL.sub(lambda m: _MD_ESCAPES[m.group()], text)
+
+
+def _md_header(value: object) -> str:
+    """A table header: the report's own words, kept as written but for what would break the table."""
+    return _NEWLINES.sub(" ", str(value)).replace("|", "\\|")
+
+
+@dataclass
+class Text:
+    """A paragraph of the report's own words with record values filled in: ``template`` with ``{name}``
+    fields, ``values`` by name. Each value is escaped for the output (Markdown or HTML), the words are not."""
+
+    template: str
+    values: dict[str, object] = field(default_factory=dict)
+
+    def render(self, escape) -> str:
+        return self.template.format(**{k: escape(v) for k, v in self.values.items()})
 
 
 @dataclass
@@ -31,11 +77,7 @@ class Figure:
 @dataclass
 class Section:
     title: str
-    blocks: list[str | Table | Figure] = field(default_factory=list)
-
-
-def _md_cell(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    blocks: list[str | Text | Table | Figure] = field(default_factory=list)
 
 
 @dataclass
@@ -51,14 +93,16 @@ class Report:
                 if isinstance(block, Table):
                     if block.caption:
                         lines += [block.caption, ""]
-                    lines.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
+                    lines.append("| " + " | ".join(_md_header(h) for h in block.header) + " |")
                     lines.append("|" + "---|" * len(block.header))
-                    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+                    lines += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in block.rows]
                 elif isinstance(block, Figure):
                     png = block.paths["png"].relative_to(relative_to).as_posix()
                     svg = block.paths["svg"].relative_to(relative_to).as_posix()
-                    lines.append(f"![{_md_cell(block.caption)}]({png})")
+                    lines.append(f"![{md_text(block.caption)}]({png})")
                     lines += ["", f"*{block.caption}* ([SVG]({svg}))"]
+                elif isinstance(block, Text):
+                    lines.append(block.render(md_text))
                 else:
                     lines.append(block)
                 lines.append("")
@@ -95,6 +139,7 @@ class Report:
                         f"<figcaption>{e(block.caption)}</figcaption></figure>"
                     )
                 else:
-                    parts.append(f"<p>{e(block)}</p>")
+                    text = block.render(lambda v: str(v)) if isinstance(block, Text) else block
+                    parts.append(f"<p>{e(text)}</p>")
         parts.append("</body></html>")
         return "\n".join(parts)

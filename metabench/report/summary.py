@@ -1,11 +1,16 @@
 """A plain summary of stored records: status counts and one Markdown table per sweep.
 
-Reports never re-run anything: they read the tidy records alone.
+Reports never re-run anything: they read the tidy records alone. Record text is escaped by
+``metabench.report.document.md_text`` wherever it goes into the Markdown.
 """
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
+
+from metabench.report.document import md_text
 
 __all__ = ["summary_markdown"]
 
@@ -39,7 +44,13 @@ def _format(column: str, value) -> str:
         return f"{value / 1e6:.3f}"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return md_text(value)
+
+
+def _sweep_title(sweep) -> str:
+    """A sweep name as inline code when it is a plain word (as sweep specs require), else escaped text."""
+    text = str(sweep)
+    return f"`{text}`" if re.fullmatch(r"[\w.-]+", text, flags=re.ASCII) else md_text(text)
 
 
 def summary_markdown(records: pd.DataFrame, max_rows: int = 200) -> str:
@@ -49,14 +60,13 @@ def summary_markdown(records: pd.DataFrame, max_rows: int = 200) -> str:
     lines = ["# metabench results", ""]
     for sweep, group in records.groupby("sweep", sort=False, dropna=False):
         counts = group["status"].value_counts().to_dict()
-        lines += [f"## Sweep `{sweep}`", "", "Cases by status: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
+        by_status = ", ".join(f"{md_text(k)} {v}" for k, v in counts.items())
+        lines += [f"## Sweep {_sweep_title(sweep)}", "", "Cases by status: " + by_status, ""]
         machine = group["machine"].iloc[0] if "machine" in group else None
         if isinstance(machine, dict):
-            lines += [
-                f"Machine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} cores, "
-                f"torch {machine.get('torch_version')}, CUDA available: {machine.get('cuda_available')}",
-                "",
-            ]
+            cpu, cores = md_text(machine.get("cpu_model")), md_text(machine.get("cpu_logical_cores"))
+            torch, cuda = md_text(machine.get("torch_version")), md_text(machine.get("cuda_available"))
+            lines += [f"Machine: {cpu}, {cores} cores, torch {torch}, CUDA available: {cuda}", ""]
         cols = [c for c in _COLUMNS if c in group]
         lines.append("| " + " | ".join(_COLUMNS[c] for c in cols) + " |")
         lines.append("|" + "---|" * len(cols))
@@ -68,6 +78,7 @@ def summary_markdown(records: pd.DataFrame, max_rows: int = 200) -> str:
         if not failures.empty:
             lines += ["", "Cases that did not end ok:", ""]
             for _, row in failures.head(20).iterrows():
-                lines.append(f"- {row['algorithm']} ({row['status']}): {_format('error', row.get('error'))}")
+                algorithm, status = md_text(row["algorithm"]), md_text(row["status"])
+                lines.append(f"- {algorithm} ({status}): {_format('error', row.get('error'))}")
         lines.append("")
     return "\n".join(lines)

@@ -35,6 +35,7 @@ from typing import Any
 
 from metabench.algorithms import available_algorithms
 from metabench.algorithms.registry import algorithm_class
+from metabench.measure.instruments import INSTRUMENTS
 from metabench.problems import available_problems
 from metabench.results import case_id
 
@@ -60,6 +61,10 @@ _LATER_RUN_KEYS = ("mode", "instruments")
 TRAIN_DEFAULTS: dict[str, Any] = {"outer_steps": 50, "outer_lr": "auto", "optimizer": "sgd"}
 MODES = ("hypergradient", "train")
 AUTO = "auto"
+DTYPES = ("float32", "float64")
+THETAS = ("random", "zeros")
+#: the longest min_run_time a case may ask for (seconds)
+MAX_RUN_TIME = 3600.0
 
 
 @cache
@@ -81,15 +86,61 @@ def _all_option_names() -> frozenset[str]:
     return frozenset().union(*(_option_names(a) for a in available_algorithms()))
 
 
+def _is_int(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _run_problems(run: dict[str, Any]) -> list[str]:
+    """What is wrong with the run parameters' values (an empty list when nothing is)."""
+    problems = []
+    if not isinstance(run["device"], str) or not run["device"]:
+        problems.append(f"device must be a torch device name such as 'cpu' or 'cuda:0', got {run['device']!r}")
+    if run["dtype"] not in DTYPES:
+        problems.append(f"dtype must be one of {list(DTYPES)}, got {run['dtype']!r}")
+    if not _is_int(run["seed"], 0):
+        problems.append(f"seed must be an integer >= 0, got {run['seed']!r}")
+    if run["task_batch"] is not None and not _is_int(run["task_batch"], 1):
+        problems.append(f"task_batch must be None or an integer >= 1, got {run['task_batch']!r}")
+    if run["theta"] not in THETAS:
+        problems.append(f"theta must be one of {list(THETAS)}, got {run['theta']!r}")
+    if run["threads"] is not None and not _is_int(run["threads"], 1):
+        problems.append(f"threads must be None or an integer >= 1, got {run['threads']!r}")
+    if "min_run_time" in run:
+        t = run["min_run_time"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t <= MAX_RUN_TIME):
+            problems.append(f"min_run_time must be a number of seconds in (0, {MAX_RUN_TIME:g}], got {t!r}")
+    chosen = run["instruments"]
+    if chosen is not None:
+        if not isinstance(chosen, list) or not chosen or not all(isinstance(i, str) for i in chosen):
+            problems.append(f"instruments must be None or a non-empty list of {list(INSTRUMENTS)}, got {chosen!r}")
+        elif set(chosen) - set(INSTRUMENTS):
+            unknown = sorted(set(chosen) - set(INSTRUMENTS))
+            problems.append(f"unknown instrument(s) {unknown}; choose from {list(INSTRUMENTS)}")
+    return problems
+
+
+def _name(kind: str, value: Any, available) -> str:
+    if not isinstance(value, str) or value not in available:
+        raise ValueError(f"unknown {kind} {value!r}; available: {sorted(available)}")
+    return value
+
+
 def normalise_case(flat: dict[str, Any]) -> dict[str, Any] | None:
     """A structured case from flat parameters, or None if the case cannot exist.
 
-    Raises ValueError for a parameter that neither the run, the problem nor the algorithm takes,
-    and for a problem parameter left without a value.
+    Raises ValueError for a parameter that neither the run, the problem nor the algorithm takes, for an
+    unknown algorithm, problem or mode, and for a problem parameter left without a value: the sweep itself
+    is wrong. A run parameter with a bad value (seed = 1.5, threads = 0, ...) makes an *invalid* case
+    instead: it keeps its id and carries ``"invalid": reason``, and its record says so without running.
+    ``instruments`` given as one name (``"memory"``) means a list of that name.
     """
     run = {k: flat.get(k, v) for k, v in RUN_DEFAULTS.items()}
-    if run["mode"] not in MODES:
+    if isinstance(run["instruments"], str):  # one instrument by name, not a list of its letters
+        run["instruments"] = [run["instruments"]]
+    if not isinstance(run["mode"], str) or run["mode"] not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {run['mode']!r}")
+    _name("algorithm", run["algorithm"], available_algorithms())
+    _name("problem", run["problem"], available_problems())
     if run["mode"] == "train":  # no timed runs: min_run_time means nothing to a training case
         del run["min_run_time"]
         run.update({k: flat.get(k, v) for k, v in TRAIN_DEFAULTS.items()})
@@ -111,15 +162,22 @@ def normalise_case(flat: dict[str, Any]) -> dict[str, Any] | None:
             raise ValueError(f"sweep parameter {name!r} is required for problem {run['problem']!r}")
         params[name] = value
     opts = {k: v for k, v in flat.items() if k in options}
-    if "truncate" in opts and "inner_steps" in opts and opts["truncate"] > opts["inner_steps"]:
+    steps, truncate = opts.get("inner_steps"), opts.get("truncate")
+    if _is_int(steps, 0) and _is_int(truncate, 0) and truncate > steps:
         return None
-    return {**run, "options": opts, "problem_params": params}
+    case = {**run, "options": opts, "problem_params": params}
+    problems = _run_problems(run)
+    if problems:
+        case["invalid"] = "; ".join(problems)
+    return case
 
 
 def case_identity(case: dict[str, Any]) -> str:
     """The ``case_id`` of a normalised case: the hash of its parameters, with ``mode`` and
-    ``instruments`` left out at their defaults (so cases keep the ids they had before those existed)."""
-    return case_id({k: v for k, v in case.items() if not (k in _LATER_RUN_KEYS and v == RUN_DEFAULTS[k])})
+    ``instruments`` left out at their defaults (so cases keep the ids they had before those existed).
+    The hash tells types apart: seed 1, 1.0 and true are three cases (the last two invalid)."""
+    kept = {k: v for k, v in case.items() if k != "invalid" and not (k in _LATER_RUN_KEYS and v == RUN_DEFAULTS[k])}
+    return case_id(kept)
 
 
 @dataclass
@@ -132,14 +190,27 @@ class Sweep:
     description: str = ""
 
     def __post_init__(self):
-        if not self.name or not str(self.name).replace("_", "").replace("-", "").isalnum():
+        if not isinstance(self.name, str):
+            raise ValueError(f"sweep 'name' must be a string, got {self.name!r} ({_kind(self.name)})")
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"sweep name must be a non-empty word (letters, digits, - and _), got {self.name!r}")
         if not isinstance(self.grid, list) or not self.grid:
-            raise ValueError("grid must be a non-empty list of blocks (dicts of parameter -> list of values)")
+            hint = " (in TOML, write [[grid]] for each block, not [grid])" if isinstance(self.grid, dict) else ""
+            raise ValueError(
+                "grid must be a non-empty list of blocks (dicts of parameter -> list of values), "
+                f"got {_kind(self.grid)}{hint}"
+            )
+        if not isinstance(self.defaults, dict):
+            raise ValueError(f"defaults must be a mapping of parameter -> value, got {_kind(self.defaults)}")
+        for key in self.defaults:
+            if not isinstance(key, str):
+                raise ValueError(f"defaults: parameter names must be strings, got {key!r}")
         for i, block in enumerate(self.grid):
             if not isinstance(block, dict):
-                raise ValueError(f"grid[{i}] must be a dict of parameter -> list of values")
+                raise ValueError(f"grid[{i}] must be a dict of parameter -> list of values, got {_kind(block)}")
             for key, values in block.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"grid[{i}]: parameter names must be strings, got {key!r}")
                 if not isinstance(values, list) or not values:
                     raise ValueError(f"grid[{i}].{key} must be a non-empty list, got {values!r}")
 
@@ -160,35 +231,103 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> Sweep:
+        """A sweep from a mapping with ``name`` and ``grid`` (and optionally ``defaults``, ``description``)."""
+        if not isinstance(spec, dict):
+            raise ValueError(f"a sweep must be a mapping with 'name' and 'grid', got {_kind(spec)}")
         unknown = set(spec) - {"name", "grid", "defaults", "description"}
         if unknown:
-            raise ValueError(f"unknown sweep key(s) {sorted(unknown)}; accepted: name, description, defaults, grid")
+            raise ValueError(
+                f"unknown sweep key(s) {sorted(unknown, key=str)}; accepted: name, description, defaults, grid"
+            )
         if "name" not in spec or "grid" not in spec:
-            raise ValueError("a sweep needs 'name' and 'grid' (a list of blocks)")
+            missing = " and ".join(repr(k) for k in ("name", "grid") if k not in spec)
+            raise ValueError(f"a sweep needs 'name' and 'grid' (a list of blocks); {missing} missing")
+        defaults = spec.get("defaults", {})
+        if not isinstance(defaults, dict):
+            raise ValueError(f"defaults must be a mapping of parameter -> value, got {_kind(defaults)}")
         return cls(
             name=spec["name"],
             grid=spec["grid"],
-            defaults=dict(spec.get("defaults", {})),
+            defaults=dict(defaults),
             description=spec.get("description", ""),
         )
 
     @classmethod
     def from_file(cls, path: str | Path) -> Sweep:
-        """Load a sweep from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file."""
+        """Load a sweep from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file.
+
+        Every problem with the file is a ValueError naming it (a missing file a FileNotFoundError).
+        """
         path = Path(path)
-        text = path.read_text()
+        if path.suffix not in (".toml", ".yaml", ".yml"):
+            raise ValueError(f"sweep file must end in .toml, .yaml or .yml, got {path.name}")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"sweep file {path} not found") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise ValueError(
+                f"{path} is not UTF-8 text: byte {data[err.start]:#04x} at offset {err.start} (line {line}) "
+                "cannot be decoded"
+            ) from None
+        if text.startswith("\ufeff"):  # a byte-order mark some editors write
+            text = text[1:]
+        if not text.strip():
+            raise ValueError(f"{path} is empty")
         if path.suffix == ".toml":
             try:
                 import tomllib
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib
-            spec = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
+            try:
+                spec = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as err:
+                raise ValueError(f"{path} is not valid TOML: {err}") from None
+        else:
             try:
                 import yaml
             except ModuleNotFoundError:
                 raise ValueError("reading a YAML sweep needs PyYAML (pip install pyyaml); or use TOML") from None
-            spec = yaml.safe_load(text)
-        else:
-            raise ValueError(f"sweep file must end in .toml, .yaml or .yml, got {path.name}")
-        return cls.from_dict(spec)
+            try:
+                spec = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path} is not valid YAML: {_yaml_message(err)}") from None
+        if spec is None or spec == {}:
+            raise ValueError(f"{path} is empty (it holds only comments)")
+        if not isinstance(spec, dict):
+            raise ValueError(f"sweep file {path} must hold a mapping with 'name' and 'grid', got {_kind(spec)}")
+        try:
+            return cls.from_dict(spec)
+        except ValueError as err:
+            raise ValueError(f"sweep file {path}: {err}") from None
+
+
+def _kind(value: Any) -> str:
+    """'a list', 'a string', ... : what a value is, in words."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    words = {str: "a string", list: "a list", dict: "a mapping", tuple: "a list"}
+    for kind, word in words.items():
+        if isinstance(value, kind):
+            return word
+    return f"a {type(value).__name__}"
+
+
+def _yaml_message(err: Exception) -> str:
+    """One line from a PyYAML error: what is wrong and where (1-based line and column)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if problem is None:
+        return " ".join(str(err).split())
+    context = getattr(err, "context", None)
+    text = f"{context}, {problem}" if context else problem
+    if mark is not None:
+        text += f" (line {mark.line + 1}, column {mark.column + 1})"
+    return text
