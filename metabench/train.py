@@ -4,10 +4,16 @@ The trajectory records, per outer step t = 0..T, the exact meta-objective F(thet
 problem has one (``meta_objective``), the norm of the exact hypergradient (``exact_hypergradient``),
 the norm of the estimate used, cumulative oracle counts and cumulative wall time of the
 hypergradient calls. A stateful algorithm (rm_metal) receives its own state back at every step.
+
+A run that diverges stops there and says so: ``status`` is ``"diverged"`` and ``error`` the reason
+when a hypergradient raised ``DivergenceError`` (an inner loop or the result blew up), when theta
+stopped being finite, or when the exact objective or gradient did; the lists then end at that step.
+Otherwise ``status`` is ``"ok"``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +21,7 @@ import torch
 
 from metabench._checks import check_int, check_real
 from metabench.algorithms import Algorithm, OracleCounts, get_algorithm
+from metabench.errors import DivergenceError
 from metabench.problems.base import BilevelProblem
 
 __all__ = ["TrainResult", "train"]
@@ -33,9 +40,13 @@ class TrainResult:
     counts: list[OracleCounts] = field(default_factory=list)  # cumulative, t = 1..outer_steps
     wall_time: list[float] = field(default_factory=list)  # cumulative seconds, t = 1..outer_steps
     state: object = None
+    status: str = "ok"  # or "diverged" (the run stopped at the step named in ``error``)
+    error: str | None = None
 
 
 def _exact(problem: BilevelProblem, theta: torch.Tensor) -> tuple[float | None, float | None]:
+    """(F(theta), ||grad F(theta)||) where the problem has them; None where it has no closed form.
+    Raises ``DivergenceError`` where a closed form is not finite at this theta."""
     objective = getattr(problem, "meta_objective", None)
     hypergrad = getattr(problem, "exact_hypergradient", None)
     try:
@@ -43,6 +54,9 @@ def _exact(problem: BilevelProblem, theta: torch.Tensor) -> tuple[float | None, 
         g = float(hypergrad(theta).norm()) if hypergrad else None
     except ValueError:  # no closed form for this instance (e.g. lam = 0)
         return None, None
+    for name, value in (("F(theta)", f), ("||grad F(theta)||", g)):
+        if value is not None and not math.isfinite(value):
+            raise DivergenceError(f"the exact {name} is {value}")
     return f, g
 
 
@@ -79,13 +93,21 @@ def train(
     result = TrainResult(theta=theta)
     total, elapsed, state = OracleCounts(), 0.0, None
     for t in range(outer_steps + 1):
-        f, g = _exact(problem, theta.detach())
+        try:
+            f, g = _exact(problem, theta.detach())
+        except DivergenceError as err:
+            result.status, result.error = "diverged", f"exact objective at outer step {t}: {err}"
+            break
         result.objective.append(f)
         result.exact_grad_norm.append(g)
         if t == outer_steps:
             break
         start = time.perf_counter()
-        hg = algorithm.hypergradient(problem, theta.detach(), tasks=tasks, state=state)
+        try:
+            hg = algorithm.hypergradient(problem, theta.detach(), tasks=tasks, state=state)
+        except DivergenceError as err:
+            result.status, result.error = "diverged", f"hypergradient at outer step {t}: DivergenceError: {err}"
+            break
         elapsed += time.perf_counter() - start
         state = hg.state
         total = total + hg.counts
@@ -95,6 +117,9 @@ def train(
         opt.zero_grad(set_to_none=True)
         theta.grad = hg.grad.to(theta)
         opt.step()
+        if not bool(torch.isfinite(theta).all()):
+            result.status, result.error = "diverged", f"theta is not finite after outer step {t}"
+            break
     result.theta = theta.detach()
     result.state = state
     return result

@@ -104,18 +104,20 @@ def test_auto_outer_lr_is_one_over_the_largest_eigenvalue_of_F_hessian(rm_metal_
     ("algorithm", "factor", "steps", "error"),
     [
         ("rm_metal", 100.0, 20, "objective gap grew"),  # finite, but by far more than TRAIN_DIVERGENCE_FACTOR
-        # F(theta_t) = inf while itd_bio's hypergradient (linear in theta, no inner products) is still finite
-        ("itd_bio", 1e6, 30, "non-finite objective_gap at outer step"),
-        ("rm_metal", 1e12, 20, "DivergenceError"),  # the hypergradient itself overflows: train raises
+        # theta grows until F(theta_t) (quadratic in theta) overflows: train stops at that step
+        ("itd_bio", 1e6, 30, "exact objective at outer step"),
+        ("rm_metal", 1e12, 20, "at outer step"),
     ],
 )
 def test_a_diverging_outer_lr_is_a_diverged_record(bilevel, algorithm, factor, steps, error):
     record = train_record(outer_steps=steps, outer_lr=factor / lipschitz_of_F(bilevel), algorithm=algorithm)
     assert record["status"] == "diverged" and error in record["error"]
-    if record["trajectory"] is not None:
-        gap = record["trajectory"]["objective_gap"]
-        assert len(gap) == steps + 1
-        assert not math.isfinite(gap[-1]) or gap[-1] > TRAIN_DIVERGENCE_FACTOR * gap[0]
+    gap = record["trajectory"]["objective_gap"]
+    assert len({len(values) for values in record["trajectory"].values()}) == 1  # lists of one length
+    if "objective gap grew" in error:
+        assert len(gap) == steps + 1 and gap[-1] > TRAIN_DIVERGENCE_FACTOR * gap[0]
+    else:  # stopped where it diverged, every value kept finite
+        assert len(gap) <= steps and all(math.isfinite(g) for g in gap)
 
 
 def test_adam_and_a_fixed_outer_lr(bilevel):
@@ -127,9 +129,9 @@ def test_adam_and_a_fixed_outer_lr(bilevel):
 @pytest.mark.parametrize(
     ("param", "value"), [("optimizer", "lbfgs"), ("outer_lr", -1.0), ("outer_lr", "big"), ("outer_steps", 2.5)]
 )
-def test_bad_training_parameters_are_failed_records(param, value):
+def test_bad_training_parameters_are_invalid_records(param, value):
     record = train_record(**({"outer_steps": 3} | {param: value}))
-    assert record["status"] == "failed" and record["error"].startswith("bad case:") and param in record["error"]
+    assert record["status"] == "invalid" and param in record["error"]
 
 
 def test_training_parameters_belong_to_training_cases_only():

@@ -1,16 +1,25 @@
-"""One case of a sweep: build the problem and algorithm, compute, measure, and return a record.
+"""One case of a sweep: build the problem and algorithm, compute, judge, measure, and return a record.
 
-A hypergradient case (``mode = "hypergradient"``) computes one hypergradient, then measures it
+A hypergradient case (``mode = "hypergradient"``) computes one hypergradient, judges it against the
+problem's truth (``metabench.evaluate``: exact closed forms, or a float64 reference), then measures it
 with the requested instruments, plus, with ``"memory"``, the live-tensor peak of one batched inner
-gradient (iMAML's Mem(grad), ``inner_grad_peak_bytes``). A training case (``mode = "train"``)
-runs ``metabench.train`` for ``outer_steps`` and records its trajectory instead; the time, memory
-and FLOP instruments do not apply to it (those fields are absent).
+gradient (iMAML's Mem(grad), ``inner_grad_peak_bytes``). A training case (``mode = "train"``) runs
+``metabench.train`` for ``outer_steps`` and records its trajectory instead; the time, memory and FLOP
+instruments do not apply to it (those fields are absent).
 
-Every outcome is a record: a case the algorithm does not apply to is ``skipped``, a non-finite
-result ``diverged`` (for a training case: a non-finite value anywhere in its trajectory, or a
-final objective gap over ``TRAIN_DIVERGENCE_FACTOR`` times max(initial gap, |F(theta_0)|)), an
-out-of-memory ``oom``, any other error ``failed`` (with its text), and whatever was measured
-before a failure stays in the record.
+**Every outcome is a record; nothing a case does can stop the sweep** (only Ctrl-C, KeyboardInterrupt,
+goes through). Statuses, decided by what was raised where:
+
+- ``invalid``: the case's parameters were refused before it ran (a bad value, a seed that is not an
+  integer, ``threads = 0``, ``inner_lr = "auto"`` on a problem whose spectrum is unknown, ...);
+- ``skipped``: the case does not apply here: the algorithm refuses the problem (``check_problem``), or
+  the device it names does not exist on this machine (``cuda`` on a CPU-only torch);
+- ``diverged``: a non-finite or growing inner loop, a non-finite result, a diverging training run;
+- ``oom``: an allocation failed (``MemoryError``, ``torch.OutOfMemoryError``, or the CPU allocator's
+  "can't allocate memory");
+- ``failed``: any other exception, with its text and the last frames of its traceback;
+- ``ok``: measured.
+Whatever was measured before a failure stays in the record.
 """
 
 from __future__ import annotations
@@ -28,26 +37,41 @@ import torch
 import metabench
 from metabench.algorithms import get_algorithm
 from metabench.errors import DivergenceError, SolverBreakdown
-from metabench.measure import LiveTensorTracker, git_commit, machine_info, measure_call
+from metabench.evaluate import TRUTH_FIELDS, evaluate
+from metabench.measure import INSTRUMENTS, LiveTensorTracker, git_commit, machine_info, measure_call
+from metabench.options import HEADLINE_OPTIONS
 from metabench.problems import available_problems
 from metabench.results import SCHEMA_VERSION
 from metabench.sweep.training import train_record, training_params
 
 __all__ = [
+    "CaseNotApplicable",
+    "InvalidCase",
     "PreparedCase",
     "build_problem",
     "inner_grad_peak_bytes",
     "prepare_case",
     "run_case",
+    "status_of",
 ]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _OOM = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+#: what the allocators put in the RuntimeError they raise when an allocation fails
+_OOM_TEXT = ("can't allocate memory", "out of memory", "not enough memory", "DefaultCPUAllocator")
+
+
+class InvalidCase(ValueError):
+    """The case's parameters are refused: it cannot run anywhere as given."""
+
+
+class CaseNotApplicable(Exception):
+    """The case does not apply here (the algorithm refuses the problem, the device does not exist)."""
 
 
 def _dtype(name: str) -> torch.dtype:
     if name not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+        raise InvalidCase(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}")
     return _DTYPES[name]
 
 
@@ -60,13 +84,29 @@ def _cached_problem(problem: str, params_json: str, seed: int, dtype: str):
 def build_problem(case: dict):
     """The case's problem (generated once per distinct parameters, then cached)."""
     params = json.dumps(case["problem_params"], sort_keys=True)
-    return _cached_problem(case["problem"], params, int(case["seed"]), case["dtype"])
+    return _cached_problem(case["problem"], params, case["seed"], case["dtype"])
 
 
-def _theta(case: dict, problem) -> torch.Tensor:
+def _device(case: dict) -> torch.device:
+    """The case's device; ``CaseNotApplicable`` where this machine does not have it."""
+    try:
+        device = torch.device(case["device"])
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise InvalidCase(f"device must be a torch device such as 'cpu' or 'cuda:0', got {case['device']!r}") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise CaseNotApplicable(f"device {case['device']!r} is not available on this machine ({why})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CaseNotApplicable(f"device {case['device']!r} is not available: {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu" and not getattr(torch.backends, device.type, None):
+        raise CaseNotApplicable(f"device {case['device']!r} is not available on this machine")
+    return device
+
+
+def _theta(case: dict, problem, device: torch.device) -> torch.Tensor:
     """theta of a case: "zeros", or "random" — a network's own seeded initial weights where the problem
     has them (``initial_theta``), N(0, 1) entries seeded by ``seed`` otherwise."""
-    device = torch.device(case["device"])
     if case["theta"] == "zeros":
         theta = torch.zeros(problem.theta_shape, dtype=torch.float64)
     elif case["theta"] == "random" and hasattr(problem, "initial_theta"):
@@ -75,36 +115,32 @@ def _theta(case: dict, problem) -> torch.Tensor:
         gen = torch.Generator().manual_seed(int(case["seed"]))
         theta = torch.randn(problem.theta_shape, generator=gen, dtype=torch.float64)
     else:
-        raise ValueError(f"theta must be 'random' or 'zeros', got {case['theta']!r}")
+        raise InvalidCase(f"theta must be 'random' or 'zeros', got {case['theta']!r}")
     return theta.to(device=device, dtype=_dtype(case["dtype"]))
 
 
 def _resolve_options(options: dict, problem) -> dict:
     """Replace ``"auto"``: inner_lr = 1/L, momentum = (sqrt(kappa) - 1)/(sqrt(kappa) + 1), kappa = L/mu."""
     resolved = dict(options)
-    if "auto" in resolved.values():
+    if "auto" not in resolved.values():
+        return resolved
+    try:
         mu, L = problem.inner_hessian_bounds()
-        if resolved.get("inner_lr") == "auto":
-            resolved["inner_lr"] = 1.0 / L
-        if resolved.get("momentum") == "auto":
-            root = math.sqrt(L / mu)
-            resolved["momentum"] = (root - 1.0) / (root + 1.0)
+    except NotImplementedError as err:
+        auto = sorted(k for k, v in options.items() if v == "auto")
+        raise InvalidCase(
+            f"{', '.join(auto)} = 'auto' needs the inner Hessian's spectrum: {err}; give numbers"
+        ) from None
+    if not (math.isfinite(mu) and math.isfinite(L) and 0 < L):
+        raise InvalidCase(f"'auto' options need a finite inner spectrum, got mu = {mu:g}, L = {L:g}")
+    if resolved.get("inner_lr") == "auto":
+        resolved["inner_lr"] = 1.0 / L
+    if resolved.get("momentum") == "auto":
+        if not mu > 0:
+            raise InvalidCase(f"momentum = 'auto' needs mu > 0 (a strongly convex inner problem), got mu = {mu:g}")
+        root = math.sqrt(L / mu)
+        resolved["momentum"] = (root - 1.0) / (root + 1.0)
     return resolved
-
-
-def _rel_error(grad: torch.Tensor, reference: torch.Tensor) -> float:
-    reference = reference.to(device=grad.device, dtype=torch.float64)
-    return float((grad.double() - reference).norm() / reference.norm().clamp_min(1e-300))
-
-
-def _errors(problem, algorithm, theta, tasks, grad) -> dict:
-    out: dict[str, Any] = {"grad_norm": float(grad.norm()), "rel_error_exact": None, "rel_error_algorithm": None}
-    if hasattr(problem, "exact_hypergradient") and problem.inner_strongly_convex:
-        out["rel_error_exact"] = _rel_error(grad, problem.exact_hypergradient(theta, tasks=tasks))
-    spec = algorithm.differentiated_objective()
-    if spec is not None and hasattr(problem, "exact_algorithm_gradient"):
-        out["rel_error_algorithm"] = _rel_error(grad, problem.exact_algorithm_gradient(theta, **spec, tasks=tasks))
-    return out
 
 
 @lru_cache(maxsize=1)
@@ -118,61 +154,94 @@ def _provenance() -> dict:
 
 
 def _base_record(case: dict) -> dict:
-    params = case["problem_params"]
-    options = case["options"]
+    params = case.get("problem_params") or {}
+    options = case.get("options") or {}
     return {
         "schema_version": SCHEMA_VERSION,
         "case_id": case.get("case_id"),
         "sweep": case.get("sweep"),
         "status": None,
         "error": None,
-        "algorithm": case["algorithm"],
+        "algorithm": case.get("algorithm"),
         "options": options,
-        "problem": case["problem"],
+        "problem": case.get("problem"),
         "problem_params": params,
-        **{
-            k: options.get(k)
-            for k in ("inner_steps", "inner_lr", "inner_solver", "truncate", "cg_iters", "neumann_iters")
-        },
+        **{k: options.get(k) for k in HEADLINE_OPTIONS},
         "kappa": params.get("kappa"),
         "lam": params.get("lam"),
         "dim": params.get("dim", params.get("q")),
         "n_tasks": params.get("n_tasks"),
         "task_batch": case.get("task_batch"),
         "task_chunk": None,
-        "device": case["device"],
-        "dtype": case["dtype"],
-        "seed": case["seed"],
+        "device": case.get("device"),
+        "dtype": case.get("dtype"),
+        "seed": case.get("seed"),
         "threads": case.get("threads"),
         "mode": case.get("mode", "hypergradient"),
         **{k: case.get(k) for k in ("outer_steps", "outer_lr", "optimizer")},
         "trajectory": None,
         "final_objective_gap": None,
         "total_wall_time_s": None,
+        **dict.fromkeys(TRUTH_FIELDS),
     }
 
 
-def _status_of(err: BaseException) -> str:
+def status_of(err: BaseException) -> str:
+    """The record status of an exception raised by a case (module docstring)."""
+    if isinstance(err, InvalidCase):
+        return "invalid"
+    if isinstance(err, CaseNotApplicable):
+        return "skipped"
     if isinstance(err, DivergenceError):
         return "diverged"
-    if isinstance(err, _OOM):
+    if isinstance(err, _OOM) or (isinstance(err, RuntimeError) and any(t in str(err) for t in _OOM_TEXT)):
         return "oom"
     return "failed"
 
 
-def run_case(case: dict, instruments=("time", "memory", "flops")) -> dict:
-    """Measure one case; always returns a record (see ``metabench.results.RECORD_FIELDS``).
+def _failure(record: dict, err: BaseException) -> dict:
+    status = status_of(err)
+    if isinstance(err, SolverBreakdown):
+        text = f"solver breakdown: {err}"
+    elif status in ("invalid", "skipped"):
+        text = str(err)
+    else:
+        text = f"{type(err).__name__}: {err}"
+    out = record | {"status": status, "error": text}
+    if status == "failed":
+        out["traceback"] = "".join(traceback.format_exception(type(err), err, err.__traceback__, limit=-6))
+    return out
 
-    With ``threads`` set, torch's intra-op thread count is that number during the case only.
-    """
-    threads, previous = case.get("threads"), torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
+
+def _set_threads(threads) -> None:
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InvalidCase(f"threads must be None or an integer >= 1, got {threads!r}")
+    torch.set_num_threads(threads)
+
+
+def run_case(case: dict, instruments=("time", "memory", "flops")) -> dict:
+    """Measure one case; always returns a record (see ``metabench.results.RECORD_FIELDS``), never raises
+    except KeyboardInterrupt. With ``threads`` set, torch's intra-op thread count is that number during
+    the case only."""
+    previous = torch.get_num_threads()
     try:
-        record = _measure_case(case, instruments)
+        record = _base_record(case)
+    except Exception as err:  # a case too malformed to describe is still a record
+        record = {"schema_version": SCHEMA_VERSION, "case_id": case.get("case_id"), "sweep": case.get("sweep")}
+        return _failure(record, InvalidCase(f"malformed case: {err}")) | _provenance() | _stamp()
+    try:
+        if case.get("invalid"):
+            raise InvalidCase(case["invalid"])
+        _set_threads(case.get("threads"))
+        record["threads"] = torch.get_num_threads()  # what the case ran with (torch's default when None)
+        record = _measure_case(case, record, instruments)
+    except Exception as err:  # a failure is a result: keep what was measured, say what happened
+        record = _failure(record, err)
     finally:
         torch.set_num_threads(previous)
-    return record | {"threads": torch.get_num_threads() if threads is None else int(threads)}
+    return record | _provenance() | _stamp()
 
 
 @dataclass
@@ -191,11 +260,20 @@ class PreparedCase:
 def prepare_case(case: dict) -> PreparedCase:
     """Build the problem (cached), theta, the algorithm (``"auto"`` options resolved) and the task batch.
 
-    Raises ValueError/TypeError for a bad case; applicability (``check_problem``) is not checked here.
+    Raises ``InvalidCase`` for parameters that are refused (a ValueError or TypeError raised while building
+    is one), ``CaseNotApplicable`` for a device this machine lacks; ``check_problem`` is not run here.
     """
-    problem = build_problem(case)
-    theta = _theta(case, problem)
-    algorithm = get_algorithm(case["algorithm"], **_resolve_options(case["options"], problem))
+    if case.get("invalid"):
+        raise InvalidCase(case["invalid"])
+    device = _device(case)
+    try:
+        problem = build_problem(case)
+        theta = _theta(case, problem, device)
+        algorithm = get_algorithm(case["algorithm"], **_resolve_options(case["options"], problem))
+    except InvalidCase:
+        raise
+    except (ValueError, TypeError) as err:
+        raise InvalidCase(str(err)) from err
     batch = case.get("task_batch")
     tasks = None if batch is None else list(range(min(int(batch), problem.n_tasks)))
     return PreparedCase(problem, algorithm, theta, tasks)
@@ -224,47 +302,47 @@ def inner_grad_peak_bytes(problem, theta: torch.Tensor, tasks=None) -> int:
     return int(tracker.peak_bytes)
 
 
-def _failure(record: dict, err: Exception) -> dict:
-    status = _status_of(err)
-    kind = "solver breakdown" if isinstance(err, SolverBreakdown) else type(err).__name__
-    out = record | {"status": status, "error": f"{kind}: {err}"}
-    if status == "failed":
-        out["traceback"] = traceback.format_exc(limit=4)
-    return out
+def _instruments(case: dict, default) -> tuple[str, ...]:
+    chosen = case.get("instruments")
+    if chosen is None:
+        return tuple(default)
+    if not isinstance(chosen, (list, tuple)) or not all(isinstance(i, str) for i in chosen):
+        raise InvalidCase(f"instruments must be None or a list of names from {list(INSTRUMENTS)}, got {chosen!r}")
+    unknown = sorted(set(chosen) - set(INSTRUMENTS))
+    if unknown:
+        raise InvalidCase(f"unknown instrument(s) {unknown}; choose from {list(INSTRUMENTS)}")
+    return tuple(chosen)
 
 
-def _measure_case(case: dict, instruments) -> dict:
-    record, instruments = _base_record(case), tuple(case.get("instruments") or instruments)
-    try:
-        if record["mode"] not in ("hypergradient", "train"):
-            raise ValueError(f"mode must be 'hypergradient' or 'train', got {record['mode']!r}")
-        prepared = prepare_case(case)
-        problem, algorithm, theta, tasks = prepared.problem, prepared.algorithm, prepared.theta, prepared.tasks
-        record.update(options=algorithm.options, **{k: algorithm.options.get(k) for k in ("inner_lr", "inner_solver")})
-        record["dim"] = problem.phi_shape[0]
-        record["task_batch"] = problem.n_tasks if tasks is None else len(tasks)
-    except (ValueError, TypeError) as err:
-        return record | {"status": "failed", "error": f"bad case: {err}"} | _provenance() | _stamp()
+def _measure_case(case: dict, record: dict, instruments) -> dict:
+    instruments = _instruments(case, instruments)
+    if record["mode"] not in ("hypergradient", "train"):
+        raise InvalidCase(f"mode must be 'hypergradient' or 'train', got {record['mode']!r}")
+    prepared = prepare_case(case)
+    problem, algorithm, theta, tasks = prepared.problem, prepared.algorithm, prepared.theta, prepared.tasks
+    described = algorithm.describe()
+    record.update(options=described, **{k: described.get(k) for k in HEADLINE_OPTIONS})
+    record["dim"] = problem.phi_shape[0]
+    record["task_batch"] = problem.n_tasks if tasks is None else len(tasks)
     try:
         algorithm.check_problem(problem)
     except ValueError as err:
-        return record | {"status": "skipped", "error": str(err)} | _provenance() | _stamp()
+        raise CaseNotApplicable(str(err)) from None
     if record["mode"] == "train":
         try:
             outer_steps, outer_lr, optimizer = training_params(case, problem, tasks)
         except ValueError as err:
-            return record | {"status": "failed", "error": f"bad case: {err}"} | _provenance() | _stamp()
+            raise InvalidCase(str(err)) from None
         record.update(outer_steps=outer_steps, outer_lr=outer_lr, optimizer=optimizer)
         try:
-            record = train_record(record, prepared, outer_steps, outer_lr, optimizer)
-        except Exception as err:  # a failure is a result
-            record = _failure(record, err)
-        return record | _provenance() | _stamp()
+            return train_record(record, prepared, outer_steps, outer_lr, optimizer)
+        except Exception as err:
+            return _failure(record, err)
     try:
         result = prepared()
         record.update(result.counts.as_dict())
         record["task_chunk"] = result.info.get("task_chunk")
-        record.update(_errors(problem, algorithm, theta, result.tasks, result.grad))
+        record.update(evaluate(problem, algorithm, theta, result.tasks, result.grad))
         del result
         measures, _ = measure_call(
             prepared,
@@ -275,14 +353,14 @@ def _measure_case(case: dict, instruments) -> dict:
         )
         record.update(measures)
         record["status"] = "ok"
-    except Exception as err:  # a failure is a result: keep what was measured, say what happened
+    except Exception as err:  # keep what was measured, say what happened
         record = _failure(record, err)
     if "memory" in instruments:
         try:
             record["inner_grad_peak_bytes"] = inner_grad_peak_bytes(problem, theta, tasks)
         except Exception:  # an extra measure: its failure must not cost the others
             record["inner_grad_peak_bytes"] = None
-    return record | _provenance() | _stamp()
+    return record
 
 
 def _stamp() -> dict:

@@ -64,7 +64,9 @@ def _first_non_finite(values) -> int | None:
 
 
 def train_record(record: dict, prepared, outer_steps: int, outer_lr: float, optimizer: str) -> dict:
-    """Run ``metabench.train`` on a prepared case and put its trajectory into ``record`` (status ok or diverged)."""
+    """Run ``metabench.train`` on a prepared case and put its trajectory into ``record`` (status ok or diverged).
+
+    A run that ``train`` stopped as diverged keeps the trajectory up to the last complete outer step."""
     problem, batch = prepared.problem, record["task_batch"]
     f_star = _optimum_value(problem)
     run = train(problem, prepared.algorithm, prepared.theta, outer_steps, outer_lr, optimizer, tasks=prepared.tasks)
@@ -74,17 +76,19 @@ def train_record(record: dict, prepared, outer_steps: int, outer_lr: float, opti
         "wall_time_s": [0.0, *run.wall_time],
         "oracle_calls": [0.0] + [sum(c.as_tuple()) / batch for c in run.counts],
     }
+    length = min(len(values) for values in trajectory.values())
+    trajectory = {name: values[:length] for name, values in trajectory.items()}
     record.update(
         trajectory=trajectory,
-        final_objective_gap=trajectory["objective_gap"][-1],
-        total_wall_time_s=trajectory["wall_time_s"][-1],
+        final_objective_gap=trajectory["objective_gap"][-1] if length else None,
+        total_wall_time_s=trajectory["wall_time_s"][-1] if length else None,
     )
+    if run.status != "ok":
+        return record | {"status": run.status, "error": run.error}
     for name, values in (*trajectory.items(), ("hypergradient norm", run.grad_norm)):
         t = _first_non_finite(values)
         if t is not None:
             return record | {"status": "diverged", "error": f"non-finite {name} at outer step {t}"}
-    if not bool(torch.isfinite(run.theta).all()):
-        return record | {"status": "diverged", "error": f"non-finite theta after {outer_steps} outer steps"}
     gap, f0 = trajectory["objective_gap"], run.objective[0]
     if gap[0] is not None and gap[-1] is not None:
         scale = max(gap[0], abs(f0))
