@@ -9,6 +9,9 @@ objectives are written here independently of the problem class: plain GD on the 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +20,11 @@ from torch.func import functional_call
 
 import metabench as mb
 from metabench.problems import FewShotClassification, available_problems
-from metabench.problems import few_shot as few_shot_module
 from metabench.problems.datasets import TaskBatch, digits_tasks, omniglot_like_tasks, sinusoid_tasks
+from metabench.problems.few_shot import VmapMismatchError, VmapNotVerifiedError
+from metabench.problems.few_shot import problem as problem_module
 from metabench.problems.models import conv4, mlp
+from metabench.vmap_check import verify_vmap
 
 F64 = torch.float64
 WAYS, SHOTS, QUERY, TASKS, SIZE = 2, 2, 2, 2, 8
@@ -182,13 +187,173 @@ def test_maml_reference_matches_finite_differences_of_the_converged_objective():
     model, tasks = tiny_net("none"), tiny_tasks()
     problem = FewShotClassification(model, *tasks, lam=lam)
     ref, theta = Reference(model, tasks), problem.initial_theta()
-    grad = problem.reference_hypergradient(theta, inner_lr=0.2, inner_tol=1e-11)
-    assert problem.reference_info["kind"] == "reference"
-    assert problem.reference_info["inner_grad_norm"] <= 1e-11 and problem.reference_info["cg_rel_residual"] < 1e-9
+    grad = problem.reference_hypergradient(theta)  # ||grad_phi g_i|| <= 1e-9, relative residual <= 1e-10
+    info = problem.reference_info
+    assert grad.dtype == F64 and grad.shape == theta.shape and info["kind"] == "reference"
+    assert info["inner_solver"].startswith("torch.optim.LBFGS") and info["linear_solver"] == "scipy cg"
+    assert info["inner_grad_norm"] <= 1e-9 and info["linear_rel_residual"] <= 1e-10
+    # central differences (eps 1e-5) of the converged objective, GD to ||grad|| <= 1e-12: rounding ~1e-16/1e-5
+    # on O(1) losses and the inner solves' tolerance leave ~1e-6 relative; 1e-4 is that with margin
     assert_directional(grad, lambda t: ref.maml_objective(t, 5000, 0.2, lam, tol=1e-12), theta, rtol=1e-4, count=2)
-    # and iMAML with a long inner loop converges to it
+    # and iMAML with a long inner loop converges to it (300 GD steps leave ~1e-8 in phi)
     imaml = mb.get_algorithm("imaml", inner_steps=300, inner_lr=0.2, cg_iters=400, cg_tol=1e-12)
     assert float((imaml.hypergradient(problem, theta).grad - grad).norm() / grad.norm()) < 1e-6
+
+
+def _dense_damped_aid(problem, ref, theta, phis, damping):
+    """mean_i [grad_theta f_i - J_i' v_i], (d2g_i/dphi2 + damping I) v_i = grad_phi f_i, J_i = d(grad_phi g_i)/dtheta,
+    every matrix assembled (torch.func.hessian / jacobian of the test's own losses) and solved by torch.linalg.solve."""
+    maml = problem.formulation == "maml"
+    lam, reg = problem.lam, problem.reg
+    total = torch.zeros_like(theta)
+    for i, phi in enumerate(phis):
+        Xs, ys, Xq, yq = ref.tasks.X_support[i], ref.tasks.y_support[i], ref.tasks.X_query[i], ref.tasks.y_query[i]
+
+        def g(t, p, Xs=Xs, ys=ys):
+            if maml:
+                return ref.loss(ref.maml_weights(p), Xs, ys) + 0.5 * lam * (p - t).pow(2).sum()
+            return ref.loss(ref.bilevel_weights(t, p), Xs, ys) + 0.5 * reg * p.pow(2).sum()
+
+        def f(t, p, Xq=Xq, yq=yq):
+            return ref.loss(ref.maml_weights(p) if maml else ref.bilevel_weights(t, p), Xq, yq)
+
+        H = torch.func.hessian(g, argnums=1)(theta, phi)
+        J = torch.func.jacrev(torch.func.grad(g, argnums=1), argnums=0)(theta, phi)  # (phi, theta)
+        f_theta, f_phi = torch.func.grad(f, argnums=(0, 1))(theta, phi)
+        v = torch.linalg.solve(H + damping * torch.eye(len(phi), dtype=F64), f_phi)
+        total += (f_theta - J.T @ v) / len(phis)
+    return total
+
+
+@pytest.mark.parametrize("formulation", ["maml", "bilevel"])
+def test_damped_reference_is_the_dense_damped_aid_formula(formulation, bilevel):
+    damping = 0.5
+    if formulation == "maml":
+        model, tasks = tiny_net("none"), tiny_tasks()
+        problem, solver = FewShotClassification(model, *tasks, lam=2.0), "minres"
+        ref, theta = Reference(model, tasks), problem.initial_theta()
+        phis = [ref.maml_phi(theta, i, 5000, 0.2, problem.lam, tol=1e-12) for i in range(TASKS)]
+    else:
+        (problem, ref, theta), solver = bilevel, "cg"  # the bilevel reference solves densely; solver is unused
+        phis = [ref.bilevel_phi(theta, i, 3000, 0.5, REG, tol=1e-12) for i in range(TASKS)]
+    damped = problem.reference_hypergradient(theta, damping=damping, linear_solver=solver)
+    assert problem.reference_info["damping"] == damping and problem.reference_info["linear_rel_residual"] <= 1e-10
+    undamped = problem.reference_hypergradient(theta, linear_solver=solver)
+    expected, expected_undamped = (_dense_damped_aid(problem, ref, theta, phis, d) for d in (damping, 0.0))
+    # phi* agree to ~1e-11 between the test's GD and the reference's solver; times the system's conditioning
+    # (lam = 2 or reg = 1 against curvatures of O(1)) that is ~1e-10 relative in v; 1e-8 leaves margin
+    assert float((damped - expected).norm() / expected.norm()) < 1e-8
+    assert float((undamped - expected_undamped).norm() / expected_undamped.norm()) < 1e-8
+    # the damping moves the answer by O(damping / (curvature + lam)), far above the tolerance above
+    assert float((damped - undamped).norm() / undamped.norm()) > 1e-2
+
+
+def test_reference_bad_input_and_short_solves_warn():
+    problem = tiny_problem("none", lam=2.0)
+    theta = problem.initial_theta()
+    with pytest.raises(ValueError, match="damping"):
+        problem.reference_hypergradient(theta, damping=-1.0)
+    with pytest.raises(ValueError, match="linear_solver"):
+        problem.reference_hypergradient(theta, linear_solver="gmres")
+    with pytest.warns(RuntimeWarning, match="inner solve stopped"):
+        problem.reference_hypergradient(theta, inner_iters=1)
+    assert problem.reference_info["inner_iters"] == 1 and problem.reference_info["inner_grad_norm"] > 1e-9
+    with pytest.warns(RuntimeWarning, match="linear solve stopped"):
+        problem.reference_hypergradient(theta, linear_iters=1, linear_tol=1e-14)
+    with pytest.raises(ValueError, match="truncate"):
+        problem.reference_algorithm_gradient(theta, 2, 0.1, truncate=3)
+    assert FewShotClassification.truth == "reference"
+
+
+def test_reference_newton_polish_goes_below_the_line_search_floor():
+    problem = tiny_problem("none", lam=2.0)
+    theta = problem.initial_theta()
+    default = problem.reference_hypergradient(theta)
+    assert problem.reference_info["inner_newton_steps"] == 0  # L-BFGS alone reaches 1e-9 here (~1e-10)
+    tight = problem.reference_hypergradient(theta, inner_tol=1e-13)
+    info = problem.reference_info
+    assert info["inner_newton_steps"] >= 1 and info["inner_grad_norm"] <= 1e-13
+    # phi* moves by ~1e-10 / lam between the two, so the hypergradient by ~1e-10 relative
+    assert float((default - tight).norm() / tight.norm()) < 1e-8
+
+
+# ---------------------------------------------------------------------- the derivative of K inner steps
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_reference_algorithm_gradient_matches_finite_differences_of_the_k_step_objective(setup, steps):
+    problem, ref, theta = setup  # lam = 0: the truth of the MAML objective itself
+    grad = problem.reference_algorithm_gradient(theta, steps, LR)
+    assert grad.dtype == F64 and grad.shape == theta.shape
+    # central differences with eps 1e-5 on O(1) losses: truncation O(eps^2) ~1e-10, rounding ~1e-11: 1e-5 relative
+    assert_directional(grad, lambda t: ref.maml_objective(t, steps, LR), theta)
+
+
+def test_reference_algorithm_gradient_matches_finite_differences_on_the_bilevel_formulation(bilevel):
+    problem, ref, theta = bilevel
+    grad = problem.reference_algorithm_gradient(theta, K, 0.5)
+    assert_directional(grad, lambda t: ref.bilevel_objective(t, K, 0.5, REG), theta)
+
+
+@pytest.mark.parametrize("truncate", [0, 1, 2, 3])
+def test_reference_algorithm_gradient_is_what_truncated_and_maml_compute(truncate):
+    problem = tiny_problem("batch", lam=1.0)  # lam > 0: theta reaches phi_K past the cut through the proximal term
+    theta = problem.initial_theta()
+    grad = problem.reference_algorithm_gradient(theta, K, LR, truncate=truncate)
+    if truncate == 0:  # phi_K held constant: f_i(phi_K) does not depend on theta
+        assert torch.equal(grad, torch.zeros_like(theta))
+        return
+    name, options = ("maml", {}) if truncate == K else ("truncated", {"truncate": truncate})
+    algo = mb.get_algorithm(name, inner_steps=K, inner_lr=LR, **options)
+    # the same float64 arithmetic in another order: agreement to rounding (~1e-14), asserted at 1e-10
+    assert float((algo.hypergradient(problem, theta).grad - grad).norm() / grad.norm()) < 1e-10
+
+
+# ---------------------------------------------------------------------- layering
+_LAYERING_SCRIPT = """
+import importlib, pkgutil, sys, types
+pkg = types.ModuleType("metabench")  # metabench/__init__ imports the algorithms for users; skip it here
+pkg.__path__ = [{root!r}]
+sys.modules["metabench"] = pkg
+import torch
+torch.set_num_threads(1)
+import metabench.problems
+for info in pkgutil.walk_packages(metabench.problems.__path__, "metabench.problems."):
+    importlib.import_module(info.name)
+from metabench.problems import FewShotClassification
+from metabench.problems.datasets import omniglot_like_tasks
+from metabench.problems.models import conv4
+tasks = omniglot_like_tasks(2, 1, 1, 2, image_size=8, seed=0, dtype=torch.float64)
+for formulation, lam in (("maml", 2.0), ("bilevel", 0.0)):
+    net = conv4(1, 2, filters=2, image_size=8, norm="none", seed=0).double()
+    problem = FewShotClassification(net, *tasks, formulation=formulation, lam=lam)
+    theta = problem.initial_theta()
+    problem.inner_loss(theta, problem.inner_init(theta, [0, 1]), [0, 1])
+    problem.reference_algorithm_gradient(theta, 2, 0.1, truncate=1)
+problem.reference_hypergradient(theta)  # bilevel: Newton and the assembled solve (L-BFGS only imports torch)
+loaded = sorted(m for m in sys.modules if m.startswith(("metabench.algorithms", "metabench.solvers")))
+assert not loaded, loaded
+print("ok")
+"""
+
+HIGHER_ROOMS = ("algorithms", "solvers", "oracle", "vmap_check", "measure", "sweep", "evaluate", "results", "train")
+
+
+def test_problems_never_import_algorithms_or_solvers():
+    root = Path(mb.__file__).parent
+    # statically: no import statement under metabench/problems names a higher room (lazy imports included)
+    for path in (root / "problems").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.replace(",", " ").split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                if words[:2] == ["from", "metabench"]:  # from metabench import algorithms, ...
+                    rooms = words[3:]
+                else:
+                    rooms = [words[1].split(".")[1]] if words[1].startswith("metabench.") else []
+                bad = [room for room in rooms if room in HIGHER_ROOMS]
+                assert not bad, f"{path.relative_to(root)} imports metabench.{bad[0]}: {line.strip()}"
+    # at run time: importing every problems module, building problems and computing references loads neither
+    script = _LAYERING_SCRIPT.format(root=str(root))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_implicit_methods_need_lam_in_the_maml_formulation(setup):
@@ -244,6 +409,7 @@ def test_bilevel_reference_matches_finite_differences_and_imaml_converges_to_it(
     problem, ref, theta = bilevel
     grad = problem.reference_hypergradient(theta, inner_tol=1e-12)
     assert problem.reference_info["inner_grad_norm"] <= 1e-12
+    assert problem.reference_info["linear_solver"].startswith("torch.linalg.solve")
     assert_directional(grad, lambda t: ref.bilevel_objective(t, 3000, 0.5, REG, tol=1e-12), theta, rtol=1e-5)
     imaml = mb.get_algorithm("imaml", inner_steps=300, inner_lr=0.5, cg_iters=100, cg_tol=1e-13)
     assert float((imaml.hypergradient(problem, theta).grad - grad).norm() / grad.norm()) < 1e-8
@@ -256,7 +422,7 @@ def test_vmap_and_loop_paths_agree_in_float64(norm):
     # with torch 2.13: vmap over tasks of the loss, differentiated twice by autograd, agrees to rounding
     # for all three normalisations on this net (and on the 64-filter 28x28 workload, K = 5).
     problem = tiny_problem(norm)
-    check = problem.verify_vmap(problem.initial_theta(), inner_steps=K, inner_lr=LR)
+    check = verify_vmap(problem, problem.initial_theta(), inner_steps=K, inner_lr=LR)
     assert check["agree"] and check["rel_diff"] < 1e-10 and check["tol"] == 1e-6
     assert problem.describe()["vmap_check_agree"] is True
 
@@ -269,7 +435,7 @@ def test_float32_vmap_check_reports_the_float64_baseline(norm):
     problem = FewShotClassification(
         tiny_net(norm).float(), *(t.float() if t.is_floating_point() else t for t in tiny_tasks())
     )
-    check = problem.verify_vmap(problem.initial_theta(), inner_steps=K, inner_lr=LR)
+    check = verify_vmap(problem, problem.initial_theta(), inner_steps=K, inner_lr=LR)
     assert check["dtype"] == "float32" and check["tol"] == 1e-4
     assert check["vmap_error_float64"] <= 10 * check["loop_error_float64"] + 1e-6
     if norm == "none":
@@ -281,6 +447,10 @@ def test_vmap_path_runs_after_its_check_and_matches_loop():
         loop, vec = tiny_problem(norm, path="loop", lam=1.0), tiny_problem(norm, path="vmap", lam=1.0)
         theta = loop.initial_theta()
         algo = mb.get_algorithm(name, inner_steps=K, inner_lr=LR, **options)
+        with pytest.raises(VmapNotVerifiedError, match=r"metabench\.vmap_check\.verify_vmap\(problem, theta\)"):
+            algo.hypergradient(vec, theta)
+        assert verify_vmap(vec, theta)["agree"] and vec.vmap_check(theta)["agree"]
+        assert vec.vmap_check(theta.float()) is None  # a verdict holds for its device and dtype only
         a, b = algo.hypergradient(loop, theta).grad, algo.hypergradient(vec, theta).grad
         assert float((a - b).norm() / a.norm()) < 1e-10
         assert loop.describe()["path"] == "loop" and loop.describe()["vmap_check_agree"] is None
@@ -288,9 +458,41 @@ def test_vmap_path_runs_after_its_check_and_matches_loop():
         assert info["path"] == "vmap" and info["path_requested"] == "vmap" and info["vmap_check_agree"] is True
 
 
+def test_forced_path_and_stored_verdicts():
+    problem = tiny_problem("group", path="auto")
+    theta = problem.initial_theta()
+    with problem.forced_path("vmap"):
+        with problem.forced_path("loop"):
+            assert problem.default_task_chunk(theta) == 1
+        assert problem.default_task_chunk(theta) is None
+        problem.inner_loss(theta, problem.inner_init(theta, [0, 1]), [0, 1])
+    assert problem.describe()["path"] is None  # a forced path is not what the problem chose
+    with pytest.raises(ValueError, match="path"):
+        with problem.forced_path("auto"):
+            pass
+    with pytest.raises(ValueError, match="keys"):
+        problem.set_vmap_check({"agree": True})
+    verdict = verify_vmap(problem, theta)
+    assert problem.vmap_check(theta) == verdict and problem.describe()["vmap_check_agree"] is True
+    mb.get_algorithm("maml", inner_steps=1).hypergradient(problem, theta)
+    assert problem.describe()["path"] == ("vmap" if theta.device.type == "cuda" else "loop")  # auto: vmap on CUDA only
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="path='auto' picks vmap on CUDA only; no CUDA device here")
+def test_auto_uses_vmap_on_cuda_after_a_passing_check():
+    problem = tiny_problem("group", path="auto")
+    theta = problem.initial_theta(device="cuda")
+    mb.get_algorithm("maml", inner_steps=1).hypergradient(problem, theta)
+    assert problem.describe()["path"] == "loop"  # no verdict yet: the loop
+    assert verify_vmap(problem, theta)["agree"]
+    mb.get_algorithm("maml", inner_steps=1).hypergradient(problem, theta)
+    assert problem.describe()["path"] == "vmap"
+
+
 def test_one_task_per_graph_on_the_loop_path_and_all_tasks_on_vmap():
     loop, vec = tiny_problem("group", path="loop"), tiny_problem("group", path="vmap")
     theta = loop.initial_theta()
+    verify_vmap(vec, theta)
     algo = mb.get_algorithm("maml", inner_steps=K, inner_lr=LR)
     a, b = algo.hypergradient(loop, theta), algo.hypergradient(vec, theta)
     assert a.info["task_chunk"] == 1 and b.info["task_chunk"] == TASKS
@@ -301,20 +503,21 @@ def test_one_task_per_graph_on_the_loop_path_and_all_tasks_on_vmap():
 
 
 def test_a_vmap_mismatch_is_reported_never_hidden(monkeypatch):
-    real_vmap = few_shot_module.vmap
+    real_vmap = problem_module.vmap
 
     def wrong_vmap(fn, in_dims):  # a vmap whose result is silently off by 1e-3, like a bad batching rule
         return lambda *args: real_vmap(fn, in_dims=in_dims)(*args) * (1 + 1e-3)
 
-    monkeypatch.setattr(few_shot_module, "vmap", wrong_vmap)
+    monkeypatch.setattr(problem_module, "vmap", wrong_vmap)
     theta = tiny_problem().initial_theta()
     explicit = tiny_problem(path="vmap")
-    with pytest.raises(few_shot_module.VmapMismatchError, match="disagrees"):
-        mb.get_algorithm("maml", inner_steps=1).hypergradient(explicit, theta)
-    check = explicit.verify_vmap(theta)
+    check = verify_vmap(explicit, theta)
     assert not check["agree"] and check["rel_diff"] > 1e-4
+    with pytest.raises(VmapMismatchError, match="disagrees"):
+        mb.get_algorithm("maml", inner_steps=1).hypergradient(explicit, theta)
     assert explicit.describe()["vmap_check_agree"] is False
-    auto = tiny_problem(path="auto")  # on CPU auto is the loop, with no check needed
+    auto = tiny_problem(path="auto")  # with a failing verdict auto is the loop, on any device
+    auto.set_vmap_check(verify_vmap(auto, theta))
     mb.get_algorithm("maml", inner_steps=1).hypergradient(auto, theta)
     assert auto.describe()["path"] == "loop"
 

@@ -20,10 +20,11 @@ from torch import nn
 
 from metabench._checks import check_int
 
-__all__ = ["NORMS", "conv4", "mlp"]
+__all__ = ["ACTIVATIONS", "NORMS", "POOLS", "conv4", "mlp"]
 
 NORMS = ("batch", "group", "none")
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
 def _group_count(filters: int) -> int:
@@ -46,6 +47,9 @@ def conv4(
     image_size: int = 28,
     norm: str = "batch",
     seed: int = 0,
+    *,
+    activation: str = "relu",
+    pool: str = "max",
 ) -> nn.Sequential:
     """The 4-block conv net of MAML (Finn et al. 2017) and the few-shot libraries (higher, learn2learn).
 
@@ -57,6 +61,10 @@ def conv4(
     input is already 1x1 skips its pooling (so 8x8 images go 8 -> 4 -> 2 -> 1 -> 1).
     (iMAML's own code uses stride-2 convolutions instead of max-pooling; metabench uses the MAML form.)
     Weights: torch's default initialisation, deterministic in ``seed``.
+
+    ``activation="silu"`` and ``pool="avg"`` make the loss a smooth function of the weights (ReLU and
+    max-pooling make it piecewise smooth, where a converged float64 inner solve, the reference of the implicit
+    methods, does not exist to tight tolerance); the defaults are MAML's.
     """
     in_channels = check_int("in_channels", in_channels, low=1)
     ways = check_int("ways", ways, low=1)
@@ -65,6 +73,10 @@ def conv4(
     seed = check_int("seed", seed, low=0)
     if not isinstance(norm, str) or norm not in NORMS:
         raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    if not isinstance(pool, str) or pool not in POOLS:
+        raise ValueError(f"pool must be one of {sorted(POOLS)}, got {pool!r}")
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     size, channels = image_size, in_channels
     with torch.random.fork_rng(devices=[]):
@@ -74,9 +86,9 @@ def conv4(
             layer = _norm_layer(norm, filters)
             if layer is not None:
                 block.append(layer)
-            block.append(nn.ReLU())
+            block.append(ACTIVATIONS[activation]())
             if size >= 2:
-                block.append(nn.MaxPool2d(2))
+                block.append(POOLS[pool](2))
                 size //= 2
             layers[f"block{b}"] = nn.Sequential(*block)
             channels = filters

@@ -1,0 +1,418 @@
+"""``FewShotClassification``: N-way K-shot tasks for a user-given network, in one of two formulations.
+
+Task i has a support set (X_s, y_s) and a query set (X_q, y_q); ``loss(set; w)`` is the mean cross-entropy
+(or mean squared error) of the network's output with weights w (:mod:`.network`). Two formulations of the same
+network (``formulation``):
+
+``"maml"`` (MAML family; MAML, iMAML)
+    theta = phi = all weights, flattened (``theta_shape == phi_shape == (P,)``), phi0 = theta,
+    g_i = loss(support; phi_i) + lam/2 ||phi_i - theta||^2 (lam >= 0), f_i = loss(query; phi_i).
+
+``"bilevel"`` (bilevel family; ITD-BiO, RM-MetaL, AID)
+    theta = the backbone (every weight but the linear head's), phi = the head's weight and bias,
+    flattened, phi0 = 0, g_i = loss(support; theta, phi_i) + reg/2 ||phi_i||^2 (reg > 0),
+    f_i = loss(query; theta, phi_i). Cross-entropy of a linear model is convex in its weights, so
+    g_i is reg-strongly convex in phi_i.
+
+**Strong convexity (``inner_strongly_convex``).** The bilevel formulation is strongly convex, and says
+so. The MAML formulation is not convex (a network), not even with lam > 0; but the proximal term makes
+g_i locally strongly convex wherever lam exceeds the most negative curvature of the support loss,
+which is iMAML's working assumption. ``inner_strongly_convex`` is therefore True for the MAML
+formulation exactly when lam > 0, so the implicit methods (imaml, rm_metal, neumann) run with lam > 0
+and refuse lam = 0; :attr:`inner_convexity` states which case holds (``"strong"``, ``"proximal"``,
+``"none"``), and a CG that meets negative curvature raises ``SolverBreakdown``.
+
+**Normalisation.** Normalisation layers must not keep running statistics (the loss would depend on
+call history): BatchNorm normalises with the statistics of the batch it sees, the support set in g
+and the query set in f (MAML's transductive setting). The module is deep-copied and put in eval
+mode, so dropout-like randomness is off and every loss is a deterministic function of the weights.
+
+**Batching over the tasks of a call (``path``).** ``"loop"`` runs a Python loop over tasks and stacks
+the per-task losses; ``"vmap"`` maps a single-task loss with ``torch.func.vmap``. The vmap path is trusted
+only after it has matched the loop path for theta's device and dtype: the check runs an algorithm, so it
+lives above the problems, in :func:`metabench.vmap_check.verify_vmap`, which stores its verdict here with
+:meth:`~FewShotClassification.set_vmap_check`. ``path="vmap"`` without a verdict raises
+:class:`VmapNotVerifiedError`, with a failing one :class:`VmapMismatchError`; ``"auto"`` uses vmap only on
+CUDA with a passing verdict, the loop otherwise (on CPU vmap measured no faster, and larger).
+:meth:`~FewShotClassification.forced_path` runs a block on one path regardless (the check itself, the
+reference). ``describe()["path"]`` is the path that ran. Measured with torch 2.13 (CPU): in float64 the two
+paths agree to ~1e-14 for BatchNorm, GroupNorm and no normalisation, on tiny nets and on the 64-filter 5-way
+5-shot workload (K = 5); in float32 the BatchNorm meta-gradient is ill-conditioned (loop 2.3% and vmap 2.5%
+away from float64 on that workload, 4 tasks), so the 1e-4 gate refuses vmap there.
+
+**Truth** (``truth = "reference"``). Networks have no closed form: :meth:`reference_hypergradient` and
+:meth:`reference_algorithm_gradient` (:mod:`.reference`) give float64 *references*, reported as such.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.func import vmap
+
+from metabench._checks import check_finite_tensor, check_real
+from metabench.errors import MetabenchError
+from metabench.problems.base import BilevelProblem
+from metabench.problems.few_shot import network
+from metabench.problems.few_shot.options import DEFAULT_REG, FORMULATIONS, LOSSES, PATHS, check_choice
+from metabench.problems.few_shot.reference import ReferenceHypergradient
+from metabench.problems.few_shot.workloads import FewShotWorkloads
+
+__all__ = ["FewShotClassification", "VmapMismatchError", "VmapNotVerifiedError"]
+
+#: The keys a vmap verdict (:func:`metabench.vmap_check.verify_vmap`'s result) must hold.
+VMAP_CHECK_KEYS = ("rel_diff", "agree", "tol", "algorithm", "dtype", "device", "n_tasks")
+
+
+class VmapMismatchError(MetabenchError):
+    """The vmap path computed a different meta-gradient than the loop path on this model."""
+
+
+class VmapNotVerifiedError(MetabenchError):
+    """``path="vmap"`` was asked for a device and dtype on which the vmap path has not been checked."""
+
+
+class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelProblem):
+    """Few-shot tasks for a user-given network, in the MAML or the bilevel formulation (module docstring).
+
+    Build it from stacked task tensors (leading task dimension T)::
+
+        FewShotClassification(model, X_support, y_support, X_query, y_query, formulation="maml", lam=0.0)
+
+    with X_* of shape (T, n, *input_shape) and, for ``loss="cross_entropy"``, y_* int64 labels (T, n)
+    in 0..ways-1 (for ``loss="mse"``, y_* of the output's shape (T, n, out)); or with a factory
+    (:mod:`.workloads`): :meth:`omniglot_like` (the maml_omniglot workload), :meth:`imaml_omniglot`,
+    :meth:`digits`, :meth:`sinusoid`, or :meth:`generate` (the sweep's entry point). ``head`` names the
+    linear head (default: the model's last ``nn.Linear``), which the bilevel formulation adapts. Flat
+    vectors list the weights in ``model.named_parameters()`` order (:attr:`theta_names`, :attr:`phi_names`);
+    :meth:`initial_theta` is the model's own weights.
+    """
+
+    family = "maml"  # the class default; each instance's family is its formulation
+    truth = "reference"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        X_support: torch.Tensor,
+        y_support: torch.Tensor,
+        X_query: torch.Tensor,
+        y_query: torch.Tensor,
+        *,
+        formulation: str = "maml",
+        lam: float = 0.0,
+        reg: float | None = None,
+        loss: str = "cross_entropy",
+        path: str = "auto",
+        head: str | None = None,
+        meta: dict | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.formulation = check_choice("formulation", formulation, FORMULATIONS)
+        self.loss = check_choice("loss", loss, LOSSES)
+        self.path = check_choice("path", path, PATHS)
+        self.lam = check_real("lam", lam, low=0.0)
+        if self.formulation == "bilevel":
+            if self.lam != 0.0:
+                raise ValueError(
+                    f"lam is the MAML formulation's proximal weight; the bilevel formulation takes reg, got lam = {lam}"
+                )
+            self.reg = DEFAULT_REG if reg is None else check_real("reg", reg, low=0.0, low_open=True)
+        elif reg is not None:
+            raise ValueError(
+                f"reg is the bilevel formulation's l2 weight; the MAML formulation takes lam, got reg = {reg}"
+            )
+        else:
+            self.reg = None
+        self.family = self.formulation
+        self._meta = dict(meta or {})
+        self._check_tasks(X_support, y_support, X_query, y_query)
+        self._data = {"X_support": X_support, "y_support": y_support, "X_query": X_query, "y_query": y_query}
+        self.n_tasks = X_support.shape[0]
+        self.n_support, self.n_query = X_support.shape[1], X_query.shape[1]
+
+        # the network: a private copy in eval mode, without running statistics, its weights frozen
+        initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self._model, spec = network.prepare_model(model)
+        self.head = network.find_head(self._model, head, required=self.formulation == "bilevel")
+        head_module = self._model.get_submodule(self.head) if self.head is not None else nn.Module()
+        head_names = {f"{self.head}.{n}" for n, _ in head_module.named_parameters()}
+        if self.formulation == "maml":
+            self._theta_spec = self._phi_spec = spec
+        else:
+            self._theta_spec = [s for s in spec if s[0] not in head_names]
+            self._phi_spec = [s for s in spec if s[0] in head_names]
+            if not self._theta_spec:
+                raise ValueError("the bilevel formulation needs a backbone: model has no parameters outside its head")
+        self._initial = initial
+        self.theta_shape = (sum(s[2] for s in self._theta_spec),)
+        self.phi_shape = (sum(s[2] for s in self._phi_spec),)
+        self._vmap_checks: dict[tuple, dict] = {}
+        self._path_ran: str | None = None
+        self._forced_path: str | None = None
+        self._check_output()
+
+    # ------------------------------------------------------------------ construction checks
+    def _check_tasks(self, X_s, y_s, X_q, y_q) -> None:
+        for name, value in (("X_support", X_s), ("X_query", X_q)):
+            check_finite_tensor(name, value)
+            if value.dim() < 3:
+                raise ValueError(f"{name} must have shape (n_tasks, n, *input_shape), got {tuple(value.shape)}")
+        if X_s.shape[0] != X_q.shape[0] or X_s.shape[2:] != X_q.shape[2:]:
+            raise ValueError(
+                f"X_support {tuple(X_s.shape)} and X_query {tuple(X_q.shape)} must agree in n_tasks and input shape"
+            )
+        if X_s.dtype != X_q.dtype:
+            raise ValueError(f"X_support ({X_s.dtype}) and X_query ({X_q.dtype}) must have one dtype")
+        for name, y, X in (("y_support", y_s, X_s), ("y_query", y_q, X_q)):
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+            if tuple(y.shape[:2]) != tuple(X.shape[:2]):
+                raise ValueError(f"{name} has shape {tuple(y.shape)}, but X has {tuple(X.shape[:2])} (n_tasks, n)")
+            if self.loss == "cross_entropy":
+                if y.dim() != 2 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+                    raise ValueError(f"{name} must hold integer class labels of shape (n_tasks, n), got {y.dtype}")
+                if bool((y < 0).any()):
+                    raise ValueError(f"{name} must hold class labels >= 0")
+            else:
+                check_finite_tensor(name, y)
+                if y.dtype != X.dtype:
+                    raise ValueError(f"{name} ({y.dtype}) must have X's dtype ({X.dtype}) for loss='mse'")
+
+    def _check_output(self) -> None:
+        """One forward on the first task: the output must fit the labels (or targets)."""
+        X, y = self._data["X_support"][0], self._data["y_support"][0]
+        with torch.no_grad():
+            dtype = next(iter(self._initial.values())).dtype
+            out = network.forward(self._model, self._initial, X.to(dtype))
+        if self.loss == "cross_entropy":
+            classes = int(max(self._data["y_support"].max(), self._data["y_query"].max())) + 1
+            if out.dim() != 2 or out.shape[0] != X.shape[0] or out.shape[1] < classes:
+                raise ValueError(
+                    f"model output has shape {tuple(out.shape)} for {X.shape[0]} inputs; cross-entropy needs "
+                    f"({X.shape[0]}, >= {classes}) logits for labels up to {classes - 1}"
+                )
+        elif out.shape != y.shape:
+            raise ValueError(f"model output has shape {tuple(out.shape)}, the targets {tuple(y.shape)}")
+
+    # ------------------------------------------------------------------ the network and its weights
+    @property
+    def model(self) -> nn.Module:
+        """The problem's network (a private copy, eval mode, parameters frozen: losses use theta/phi views)."""
+        return self._model
+
+    @property
+    def tasks(self) -> dict[str, torch.Tensor]:
+        """The stacked task tensors: X_support, y_support, X_query, y_query (leading task dimension)."""
+        return dict(self._data)
+
+    def with_lam(self, lam: float) -> FewShotClassification:
+        """The same network, weights, tasks and path in the MAML formulation with proximal weight ``lam``."""
+        return FewShotClassification(
+            self._model, **self._data, formulation="maml", lam=lam, loss=self.loss, path=self.path, meta=self._meta
+        )
+
+    @property
+    def theta_names(self) -> list[str]:
+        """The module's parameter names in theta, in order."""
+        return [s[0] for s in self._theta_spec]
+
+    @property
+    def phi_names(self) -> list[str]:
+        """The module's parameter names in phi, in order."""
+        return [s[0] for s in self._phi_spec]
+
+    def initial_theta(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        """theta at the network's initial weights (the model passed in / built from ``seed``), flattened."""
+        flat = torch.cat([self._initial[name].reshape(-1) for name in self.theta_names])
+        return flat.to(device=device or self.device, dtype=dtype or self.dtype)
+
+    def named_weights(self, theta: torch.Tensor, phi: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The module's weights as a name -> tensor dict (views) for one task: phi (``phi_shape``) holds the
+        adapted weights; ``phi=None`` means phi0 (theta itself for "maml", a zero head for "bilevel")."""
+        if phi is None:
+            phi = theta if self.formulation == "maml" else theta.new_zeros(self.phi_shape)
+        if self.formulation == "maml":
+            return network.views(phi, self._phi_spec)
+        return {**network.views(theta, self._theta_spec), **network.views(phi, self._phi_spec)}
+
+    def data_like(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The task tensors on theta's device; inputs (and regression targets) in theta's dtype, labels integer."""
+        key = (theta.device, theta.dtype)
+        cache = self.__dict__.setdefault("_data_cache", {})
+        if key not in cache:
+            cache[key] = {
+                k: v.to(device=theta.device, dtype=theta.dtype if v.is_floating_point() else torch.long)
+                for k, v in self._data.items()
+            }
+        return cache[key]
+
+    def _buffers_like(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The module's buffers on theta's device, floating ones in theta's dtype (converted once, cached)."""
+        key = (theta.device, theta.dtype)
+        cache = self.__dict__.setdefault("_buffer_cache", {})
+        if key not in cache:
+            cache[key] = {
+                k: v.to(device=theta.device, dtype=theta.dtype if v.is_floating_point() else v.dtype)
+                for k, v in self._model.named_buffers()
+            }
+        return cache[key]
+
+    def _network_losses(self, theta, phi, X, y) -> torch.Tensor:
+        """loss(network(X_i; weights of task i), y_i) per task, by the selected path: shape (n,)."""
+        path = self._forced_path or self._resolve_path(theta)
+        buffers = self._buffers_like(theta)
+        shared = {} if self.formulation == "maml" else network.views(theta, self._theta_spec)
+
+        def single(phi_i, X_i, y_i):
+            weights = {**shared, **network.views(phi_i, self._phi_spec), **buffers}
+            return network.data_loss(network.forward(self._model, weights, X_i), y_i, self.loss)
+
+        if self._forced_path is None:
+            self._path_ran = path
+        if path == "vmap":
+            return vmap(single, in_dims=(0, 0, 0))(phi, X, y)
+        return torch.stack([single(p, x, t) for p, x, t in zip(phi.unbind(0), X.unbind(0), y.unbind(0))])
+
+    # ------------------------------------------------------------------ objectives
+    def inner_loss(self, theta, phi, tasks):
+        """g_i = loss(support; phi_i) + lam/2 ||phi_i - theta||^2 ("maml"), loss(support; theta, phi_i) +
+        reg/2 ||phi_i||^2 ("bilevel"), per task: shape (len(tasks),)."""
+        d = self.batch_data(theta, tasks)
+        loss = self._network_losses(theta, phi, d["X_support"], d["y_support"])
+        if self.formulation == "maml":
+            if self.lam > 0:
+                loss = loss + 0.5 * self.lam * (phi - theta).pow(2).sum(-1)
+            return loss
+        return loss + 0.5 * self.reg * phi.pow(2).sum(-1)
+
+    def outer_loss(self, theta, phi, tasks):
+        """f_i = loss(query; weights of task i), per task: shape (len(tasks),)."""
+        d = self.batch_data(theta, tasks)
+        return self._network_losses(theta, phi, d["X_query"], d["y_query"])
+
+    def inner_init(self, theta, tasks):
+        """phi0_i = theta ("maml", an expanded view) or 0 ("bilevel"), stacked over tasks."""
+        if self.formulation == "maml":
+            return theta.unsqueeze(0).expand(len(tasks), *self.phi_shape)
+        return theta.new_zeros(len(tasks), *self.phi_shape)
+
+    @property
+    def inner_strongly_convex(self) -> bool:
+        """True for the bilevel formulation (reg > 0); for the MAML formulation True iff lam > 0, as iMAML
+        assumes (module docstring): the proximal term makes g locally strongly convex for lam large enough
+        (above the most negative curvature of the support loss). :attr:`inner_convexity` says which holds."""
+        return self.formulation == "bilevel" or self.lam > 0
+
+    @property
+    def inner_convexity(self) -> str:
+        """``"strong"`` (bilevel: provably reg-strongly convex), ``"proximal"`` (MAML, lam > 0: assumed
+        locally strongly convex, as in iMAML) or ``"none"`` (MAML, lam = 0)."""
+        if self.formulation == "bilevel":
+            return "strong"
+        return "proximal" if self.lam > 0 else "none"
+
+    def default_task_chunk(self, theta: torch.Tensor) -> int | None:
+        """One task per autograd graph on the loop path, all tasks of the call on the vmap path.
+
+        On the loop path a batched graph buys no speed (the network runs task by task anyway) and holds
+        every task's graph at once; one task per graph is what hand-written MAML loops and the peer
+        libraries do. Measured on the 4-conv workload (``python -m metabench.peers``, reports/peers).
+        ``path="vmap"`` answers "all tasks" even before its check (the first loss then raises).
+        """
+        path = self._forced_path or ("vmap" if self.path == "vmap" else self._resolve_path(theta))
+        return None if path == "vmap" else 1
+
+    # ------------------------------------------------------------------ vmap vs loop
+    @contextlib.contextmanager
+    def forced_path(self, path: str) -> Iterator[FewShotClassification]:
+        """Within the block, every loss runs on ``path`` (``"loop"`` or ``"vmap"``), whatever ``self.path``
+        and the vmap verdicts say, and ``describe()["path"]`` is left as it was. Nests; restores on exit."""
+        path = check_choice("path", path, ("loop", "vmap"))
+        previous = self._forced_path
+        self._forced_path = path
+        try:
+            yield self
+        finally:
+            self._forced_path = previous
+
+    def set_vmap_check(self, result: dict) -> None:
+        """Store a vmap verdict (:func:`metabench.vmap_check.verify_vmap`'s result) for its device and dtype.
+
+        It gates the vmap path from then on: ``path="vmap"`` runs iff ``result["agree"]``, and
+        ``path="auto"`` uses vmap on CUDA iff it does.
+        """
+        if not isinstance(result, dict) or any(k not in result for k in VMAP_CHECK_KEYS):
+            raise ValueError(f"a vmap check must be a dict with keys {list(VMAP_CHECK_KEYS)}, got {result!r}")
+        dtype = getattr(torch, str(result["dtype"]).replace("torch.", ""), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"a vmap check's dtype must name a torch dtype, got {result['dtype']!r}")
+        self._vmap_checks[(torch.device(result["device"]), dtype)] = dict(result)
+
+    def vmap_check(self, theta: torch.Tensor) -> dict | None:
+        """The stored vmap verdict for theta's device and dtype (None if none was stored)."""
+        return self._vmap_checks.get((theta.device, theta.dtype))
+
+    def _resolve_path(self, theta: torch.Tensor) -> str:
+        if self.path == "loop":
+            return "loop"
+        check = self.vmap_check(theta)
+        if self.path == "auto":
+            return "vmap" if theta.device.type == "cuda" and check is not None and check["agree"] else "loop"
+        where = f"{theta.device} / {str(theta.dtype).replace('torch.', '')}"
+        if check is None:
+            raise VmapNotVerifiedError(
+                f"path='vmap' has not been checked against path='loop' on {where} for this model; call "
+                "metabench.vmap_check.verify_vmap(problem, theta) first (or use path='loop' / 'auto')"
+            )
+        if check["agree"]:
+            return "vmap"
+        detail = ""
+        if "loop_error_float64" in check:
+            detail = (
+                f"; relative to the float64 loop, loop {check['loop_error_float64']:.3g} and vmap "
+                f"{check['vmap_error_float64']:.3g} (similar values mean shared {check['dtype']} rounding)"
+            )
+        raise VmapMismatchError(
+            f"path='vmap' disagrees with path='loop' on this model ({where}): relative difference "
+            f"{check['rel_diff']:.3g} > {check['tol']:g} between their {check['algorithm']} meta-gradients "
+            f"(norm={self.describe()['norm']}){detail}. Use path='loop' (or 'auto', which falls back to it)."
+        )
+
+    # ------------------------------------------------------------------ records
+    def describe(self) -> dict:
+        meta = dict(self._meta)
+        ways = None
+        if self.loss == "cross_entropy":
+            ways = int(torch.unique(self._data["y_support"][0]).numel())
+        shots = self.n_support // ways if ways else self.n_support
+        query = self.n_query // ways if ways else self.n_query
+        check = self._vmap_checks.get((self.device, self.dtype)) or (
+            next(iter(self._vmap_checks.values())) if self._vmap_checks else None
+        )
+        return {
+            "problem": "few_shot_classification",
+            "dataset": meta.pop("dataset", "arrays"),
+            "formulation": self.formulation,
+            "loss": self.loss,
+            "ways": ways,
+            "shots": shots,
+            "query": query,
+            "n_tasks": self.n_tasks,
+            "lam": self.lam,
+            "reg": self.reg,
+            "norm": meta.pop("norm", network.detect_norm(self._model)),
+            "params": sum(p.numel() for p in self._initial.values()),
+            "theta_params": self.theta_shape[0],
+            "phi_params": self.phi_shape[0],
+            "inner_convexity": self.inner_convexity,
+            "path_requested": self.path,
+            "path": self._path_ran,
+            "vmap_check_rel_diff": None if check is None else check["rel_diff"],
+            "vmap_check_agree": None if check is None else check["agree"],
+            **meta,
+        }
