@@ -7,6 +7,7 @@ import os
 import torch
 
 from metabench.sweep import normalise_case, prepare_case, run_case
+from metabench.sweep.sizes import problem_case
 
 # One intra-op thread: the problems are small dense matrices, where threads only add contention
 # (and the sweep presets measure the same way).
@@ -21,9 +22,9 @@ def grid(full: tuple, tiny: tuple) -> tuple:
     return tiny if TINY else full
 
 
-# Small enough that a full asv run stays within minutes on a 2-core CPU.
-LINEAR = {"problem": "linear_meta_regression", "n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0}
-BILEVEL = {"problem": "quadratic_bilevel", "n_tasks": 4, "p": 10, "q": 20, "rho": 0.1}
+# The standard sizes of the presets (metabench.sweep.sizes): a full asv run stays within minutes on 2 cores.
+LINEAR = problem_case("linear_meta_regression")
+BILEVEL = problem_case("quadratic_bilevel")
 RUN = {"inner_lr": "auto", "threads": 1, "seed": 0}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["main"]
@@ -46,14 +47,11 @@ def _one_line(text, width: int = 300) -> str:
 
 
 def _case_label(record: dict) -> str:
-    keys = ("inner_steps", "truncate", "cg_iters", "neumann_iters", "kappa")
-    parts = [str(record.get("algorithm")), str(record.get("problem"))]
-    parts += [
-        f"{k}={record[k]:g}" if isinstance(record[k], float) else f"{k}={record[k]}"
-        for k in keys
-        if record.get(k) is not None
-    ]
-    return " ".join(parts)
+    from metabench.options import label
+
+    kappa = record.get("kappa")
+    text = label(record.get("algorithm"), record) + f" on {record.get('problem')}"
+    return text + (f" kappa={kappa:g}" if isinstance(kappa, (int, float)) else "")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -80,6 +78,12 @@ def _run(args: argparse.Namespace) -> int:
         raise _Interrupted(f"interrupted; {safe}; run the same command again to resume") from None
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     print(f"ran {summary.ran} case(s) ({statuses}); {summary.already_done} already in {summary.path}", file=sys.stderr)
+    if summary.duplicates_avoided:
+        print(
+            f"{summary.duplicates_avoided} case(s) measured here were written first by another run on {path}: "
+            "kept theirs, not counted twice",
+            file=sys.stderr,
+        )
     records = read_records(summary.path)
     have = {r.get("case_id") for r in records}
     left = sum(c["case_id"] not in have for c in cases)
@@ -151,28 +155,25 @@ def _list(args: argparse.Namespace) -> int:
 
     print("algorithms:")
     for name in available_algorithms():
-        print(f"  {name:10s} options: {', '.join(get_algorithm(name).options)}")
+        print(f"  {name:18s} options: {', '.join(get_algorithm(name).options)}")
     print("problems:")
     for name in available_problems():
         print(f"  {name}")
     print("presets:")
     for name, spec in PRESETS.items():
-        print(f"  {name:10s} {spec.get('description', '')}")
+        print(f"  {name:18s} {spec.get('description', '')}")
     return 0
 
 
-_PROFILE_DEFAULTS: dict[str, dict] = {
-    "linear_meta_regression": {"n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0, "kappa": 10.0},
-    "quadratic_bilevel": {"n_tasks": 4, "p": 10, "q": 20, "rho": 0.1, "kappa": 10.0},
-    # the standard 5-way 5-shot, 15-query conv4 workload, 4 tasks; lam > 0 so the implicit methods apply
-    "few_shot_classification": {
-        "dataset": "omniglot_like",
-        "n_tasks": 4,
-        "lam": 1.0,
-        "inner_lr": 0.1,
-        "dtype": "float32",
-    },
-}
+def _profile_defaults(problem: str) -> dict:
+    """The flat case ``metabench profile`` starts from: the problem's standard size (``metabench.sweep.sizes``)."""
+    from metabench.sweep.sizes import STANDARD, problem_case
+
+    if problem not in STANDARD:
+        raise ValueError(f"unknown problem {problem!r}; profile knows: {sorted(STANDARD)}")
+    if problem == "few_shot_classification":  # lam > 0 so the implicit methods apply; float32 as people train
+        return problem_case(problem, lam=1.0, inner_lr=0.1, dtype="float32")
+    return problem_case(problem, kappa=10.0)
 
 
 def _parse_value(text: str):
@@ -198,10 +199,7 @@ def _profile_case(args: argparse.Namespace) -> tuple[dict, dict]:
         if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         given[key.strip()] = _parse_value(value.strip())
-    problem = given["problem"]
-    if problem not in _PROFILE_DEFAULTS:
-        raise ValueError(f"unknown problem {problem!r}; profile knows: {sorted(_PROFILE_DEFAULTS)}")
-    flat = {"inner_lr": "auto", **_PROFILE_DEFAULTS[problem], **given}
+    flat = {"inner_lr": "auto", **_profile_defaults(given["problem"]), **given}
     case = normalise_case(flat)
     if case is None:
         raise ValueError(f"this case cannot exist (truncate > inner_steps?): {given}")
@@ -231,10 +229,13 @@ def _profile(args: argparse.Namespace) -> int:
     except TypeError as err:  # a bad option value or type: bad input like a ValueError
         raise ValueError(str(err)) from err
     prepared.algorithm.check_problem(prepared.problem)
-    opts = prepared.algorithm.options
+    opts = prepared.algorithm.describe()
     parts = [case["algorithm"], case["problem"], f"K{opts['inner_steps']}"]
-    extras = (("cg_iters", "cg"), ("neumann_iters", "N"), ("truncate", "T"))
-    parts += [f"{short}{opts[key]}" for key, short in extras if key in opts]
+    parts += [
+        f"{short}{opts[key]}"
+        for key, short in (("cg_iters", "cg"), ("neumann_iters", "N"), ("truncate", "T"))
+        if key in opts
+    ]
     kappa = case["problem_params"].get("kappa")
     parts += [f"kappa{kappa:g}"] if kappa is not None else []
     name = args.name or "_".join([*parts, device.type])
@@ -254,6 +255,16 @@ def _profile(args: argparse.Namespace) -> int:
     print(f"  pip install torch-tb-profiler && tensorboard --logdir {out}  # PYTORCH_PROFILER tab, run {name}")
     print(f"  Perfetto: https://ui.perfetto.dev -> Open trace file -> {paths['chrome_trace']}  (or chrome://tracing)")
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Store warnings (a line set aside, with its file:line) as one plain line; others as Python prints them."""
+    from metabench.results import StoreWarning
+
+    if issubclass(category, StoreWarning):
+        print(f"metabench: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except (ValueError, OSError) as err:  # bad input, a missing or unwritable path
         print(f"metabench {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import warnings
 from typing import Any
 
 import torch
@@ -42,6 +43,10 @@ TRUTH_FIELDS = (
     "rel_error_damped_reference",
     "damping_bias",
 )
+
+#: How a sweep asks for a reference hypergradient: a bounded inner solve, and no reference rather than one that
+#: stopped short of its tolerance (on a ReLU / max-pool net the converged inner solve does not exist to 1e-9).
+REFERENCE_BUDGET = {"inner_iters": 200, "strict": True}
 
 IMPLICIT_REFERENCE = "implicit: converged float64 inner solve, tight linear solve"
 UNROLLED_REFERENCE = "unrolled: float64 derivative of K GD steps (the MAML objective itself, lam = 0)"
@@ -69,17 +74,24 @@ class TruthCache:
         self.computed = 0  # how many references were computed (not served from the cache)
 
     def get(self, problem, theta, tasks, kind: str, compute, **params) -> torch.Tensor:
+        """The cached reference, or ``compute()``'s; a reference that could not be had raises again, from the cache."""
         key = (id(problem), _digest(theta), tuple(tasks.tolist()), kind, tuple(sorted(params.items())))
         hit = self._items.get(key)
-        if hit is not None and hit[0] is problem:
-            self._items.move_to_end(key)
-            return hit[1]
-        value = compute()
-        self.computed += 1
-        self._items[key] = (problem, value)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-        return value
+        if hit is None or hit[0] is not problem:
+            try:
+                with warnings.catch_warnings():  # a reference that stops short raises (strict); no noise
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    hit = (problem, compute(), None)
+            except Exception as err:  # remembered: the next case at this point is not charged the attempt again
+                hit = (problem, None, err)
+            self.computed += 1
+            self._items[key] = hit
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        self._items.move_to_end(key)
+        if hit[2] is not None:
+            raise hit[2]
+        return hit[1]
 
 
 _CACHE = TruthCache()
@@ -116,7 +128,10 @@ def _exact_errors(out, problem, algorithm, theta, index, grad) -> None:
 
 
 def _reference_errors(out, problem, algorithm, theta, index, grad, cache: TruthCache) -> None:
+    """Each reference in its own attempt: one that cannot be had leaves its fields null, not the others."""
+    described = algorithm.describe()
     spec = algorithm.differentiated_objective()
+    problems: list[str] = []
 
     def unrolled(inner_steps, inner_lr, truncate=None):
         truncate = None if truncate == inner_steps else truncate  # full back-prop: one reference, one key
@@ -130,33 +145,54 @@ def _reference_errors(out, problem, algorithm, theta, index, grad, cache: TruthC
             **params,
         )
 
-    if problem.inner_strongly_convex:
-        out["reference_kind"] = IMPLICIT_REFERENCE
+    def attempt(what: str, fill) -> None:
+        try:
+            fill()
+        except Exception as err:
+            problems.append(f"{what}: {type(err).__name__}: {err}")
+
+    def implicit():
         reference = cache.get(
-            problem, theta, index, "hypergradient", lambda: problem.reference_hypergradient(theta, tasks=index)
+            problem,
+            theta,
+            index,
+            "hypergradient",
+            lambda: problem.reference_hypergradient(theta, tasks=index, **REFERENCE_BUDGET),
         )
         out["rel_error_reference"] = rel_error(grad, reference)
-        damping = float(algorithm.describe().get("damping") or 0.0)
+        damping = float(described.get("damping") or 0.0)
         if damping > 0:
             damped = cache.get(
                 problem,
                 theta,
                 index,
                 "hypergradient",
-                lambda: problem.reference_hypergradient(theta, tasks=index, damping=damping),
+                lambda: problem.reference_hypergradient(theta, tasks=index, damping=damping, **REFERENCE_BUDGET),
                 damping=damping,
             )
             out["damping_bias"] = rel_error(damped, reference)
             out["rel_error_damped_reference"] = rel_error(grad, damped)
+
+    def k_step_objective():
+        out["rel_error_reference"] = rel_error(
+            grad, unrolled(inner_steps=algorithm.inner_steps, inner_lr=described["inner_lr"])
+        )
+
+    if problem.inner_strongly_convex:
+        out["reference_kind"] = IMPLICIT_REFERENCE
+        attempt("reference hypergradient", implicit)
+    elif described.get("inner_solver") == "gd":
+        out["reference_kind"] = UNROLLED_REFERENCE
+        attempt("reference of the K-step objective", k_step_objective)
     else:
-        gd_lr = algorithm.describe().get("inner_lr") if algorithm.describe().get("inner_solver") == "gd" else None
-        if gd_lr is None:
-            out["truth_status"] = (
-                "unavailable: the inner problem is not strongly convex, so the reference is the K-step GD "
-                "objective's derivative, and this algorithm's inner solver is not GD"
-            )
-        else:
-            out["reference_kind"] = UNROLLED_REFERENCE
-            out["rel_error_reference"] = rel_error(grad, unrolled(inner_steps=algorithm.inner_steps, inner_lr=gd_lr))
+        problems.append(
+            "reference hypergradient: unavailable: the inner problem is not strongly convex, so the reference is "
+            "the derivative of the K-step GD objective, and this algorithm's inner solver is not GD"
+        )
     if spec is not None:
-        out["rel_error_algorithm"] = rel_error(grad, unrolled(**spec))
+        attempt(
+            "reference of the algorithm's derivative",
+            lambda: out.update(rel_error_algorithm=rel_error(grad, unrolled(**spec))),
+        )
+    if problems:
+        out["truth_status"] = "; ".join(problems)

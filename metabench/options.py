@@ -14,7 +14,7 @@ from typing import Any
 from metabench._checks import check_int, check_real
 from metabench.solvers import INNER_SOLVERS, InnerSolver, LinearSolver
 
-__all__ = ["HEADLINE_OPTIONS", "OPTIONS", "Option", "check_options", "pick"]
+__all__ = ["HEADLINE_OPTIONS", "OPTIONS", "Option", "check_options", "label", "pick"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,18 @@ OPTIONS: dict[str, Option] = {
 
 #: Options copied from ``options`` into record columns of their own, and shown in case labels.
 HEADLINE_OPTIONS = ("inner_steps", "inner_lr", "inner_solver", "truncate", "cg_iters", "neumann_iters")
+
+
+def label(algorithm: str, options: dict[str, Any]) -> str:
+    """A short label of a case, e.g. ``imaml solver=nesterov K=10 CG=5``: the algorithm and its headline options."""
+    parts = [str(algorithm)]
+    for name in HEADLINE_OPTIONS:
+        value = options.get(name)
+        if value is None or name == "inner_lr":
+            continue
+        text = value if isinstance(value, str) else getattr(value, "name", value)
+        parts.append(f"{OPTIONS[name].short}={text:g}" if isinstance(text, float) else f"{OPTIONS[name].short}={text}")
+    return " ".join(parts)
 
 
 def pick(*names: str) -> dict[str, Option]:

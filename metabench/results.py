@@ -121,7 +121,7 @@ RECORD_FIELDS: dict[str, str] = {
     "grad_norm": "l2 norm of the computed hypergradient",
     "truth": "what the errors are measured against: exact (closed forms), reference (float64), null (none)",
     "reference_kind": "reference problems: implicit (converged inner solve) or unrolled (K-step GD, lam = 0)",
-    "truth_status": "ok, or 'unavailable: reason' / 'failed: reason' where a truth could not be had",
+    "truth_status": "ok, or which truth could not be had and why (e.g. a reference whose inner solve did not converge)",
     "rel_error_exact": "norm(grad - exact hypergradient) / norm(exact), null where no closed form",
     "rel_error_reference": "networks: norm(grad - float64 reference hypergradient) / norm(reference)",
     "rel_error_algorithm": (

@@ -202,7 +202,7 @@ def test_exit_code_from_the_statuses_of_new_cases(tmp_path, capsys, monkeypatch,
     bad = [s for s in statuses if s in ("failed", "invalid")]
     if bad:
         assert f"metabench run: {len(bad)} {bad[0]} of 3 case(s) run now; first errors:" in err
-        line = f"  maml linear_meta_regression ({bad[0]}): {bad[0]}: inner_steps must be >= 1, got 0\n"
+        line = f"  maml on linear_meta_regression ({bad[0]}): {bad[0]}: inner_steps must be >= 1, got 0\n"
         assert err.count(line) == len(bad)
     else:
         assert "first errors" not in err
@@ -216,7 +216,7 @@ def test_exit_1_when_new_cases_fail_and_0_on_the_rerun(tmp_path, capsys):
     (bad,) = [r for r in read_records(tmp_path / "r" / "t.jsonl") if r["status"] != "ok"]
     assert bad["status"] in ("failed", "invalid")
     assert f"metabench run: 1 {bad['status']} of 2 case(s) run now; first errors:" in err
-    assert f"imaml linear_meta_regression inner_steps=2 cg_iters=-1 kappa=2 ({bad['status']}): " in err
+    assert f"imaml K=2 CG=-1 on linear_meta_regression kappa=2 ({bad['status']}): " in err
     assert " ".join(bad["error"].split())[:40] in err
     assert main(argv) == 0  # nothing newly run: every case has a record
 

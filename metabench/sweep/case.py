@@ -43,6 +43,7 @@ from metabench.options import HEADLINE_OPTIONS
 from metabench.problems import available_problems
 from metabench.results import SCHEMA_VERSION
 from metabench.sweep.training import train_record, training_params
+from metabench.vmap_check import verify_vmap
 
 __all__ = [
     "CaseNotApplicable",
@@ -276,7 +277,25 @@ def prepare_case(case: dict) -> PreparedCase:
         raise InvalidCase(str(err)) from err
     batch = case.get("task_batch")
     tasks = None if batch is None else list(range(min(int(batch), problem.n_tasks)))
+    _check_vmap_path(problem, theta, tasks)
     return PreparedCase(problem, algorithm, theta, tasks)
+
+
+#: The tasks (the first of the case's batch) a sweep's vmap check runs on.
+VMAP_CHECK_TASKS = 4
+
+
+def _check_vmap_path(problem, theta: torch.Tensor, tasks) -> None:
+    """Give a few-shot problem that may use ``torch.func.vmap`` (``path="vmap"``, or ``"auto"`` on CUDA) its
+    verdict before it runs: the vmap and loop meta-gradients compared once per device and dtype
+    (``metabench.vmap_check``); the problem then uses vmap only if they agree (``"vmap"`` raises otherwise)."""
+    path = getattr(problem, "path", None)
+    if path not in ("vmap", "auto") or problem.vmap_check(theta) is not None:
+        return
+    if path == "auto" and theta.device.type != "cuda":
+        return
+    index = problem.task_index(tasks)[:VMAP_CHECK_TASKS]
+    verify_vmap(problem, theta.detach(), tasks=index)
 
 
 def inner_grad_peak_bytes(problem, theta: torch.Tensor, tasks=None) -> int:

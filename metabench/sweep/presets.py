@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from metabench.sweep.sizes import problem_case
 from metabench.sweep.spec import Sweep
 
 __all__ = ["PRESETS", "get_preset"]
@@ -11,16 +12,8 @@ _LOG_STEPS = [1, 3, 10, 30, 100, 300, 1000]
 _KAPPAS = [1.0, 10.0, 100.0, 1000.0, 10000.0]
 # The closed-form problems are small dense matrices: intra-op threads only add contention, and one
 # thread keeps timings comparable across machines.
-_LINEAR = {
-    "threads": 1,
-    "problem": "linear_meta_regression",
-    "n_tasks": 4,
-    "dim": 20,
-    "n_train": 40,
-    "n_val": 40,
-    "lam": 1.0,
-}
-_BILEVEL = {"threads": 1, "problem": "quadratic_bilevel", "n_tasks": 4, "p": 10, "q": 20, "rho": 0.1}
+_LINEAR = problem_case("linear_meta_regression", threads=1)
+_BILEVEL = problem_case("quadratic_bilevel", threads=1)
 
 PRESETS: dict[str, dict] = {
     "smoke": {
@@ -131,9 +124,7 @@ PRESETS: dict[str, dict] = {
             "all-weights formulation, lam = 1); memory instruments only"
         ),
         "defaults": {
-            "problem": "few_shot_classification",
-            "dataset": "omniglot_like",
-            "n_tasks": 4,
+            **problem_case("few_shot_classification"),
             "dtype": "float32",
             "inner_lr": 0.1,
             "cg_iters": 5,
@@ -158,6 +149,48 @@ PRESETS: dict[str, dict] = {
                 "damping": [50.0],
                 "inner_steps": [1, 5, 10, 20],
             },
+        ],
+    },
+    "few_shot_truth": {
+        "name": "few_shot_truth",
+        "description": (
+            "every algorithm judged against the float64 references on a network where they exist: 5-way 5-shot "
+            "scikit-learn digits, conv4 with 16 filters, SiLU, average pooling, no normalisation (a smooth loss), "
+            "4 tasks, float32; bilevel (head) formulation, and the all-weights formulation with lam = 1 (implicit "
+            "reference) and lam = 0 (the K-step objective is the reference); time and memory"
+        ),
+        "defaults": {
+            **problem_case("few_shot_classification"),
+            "dataset": "digits",
+            "filters": 16,
+            "activation": "silu",
+            "pool": "avg",
+            "norm": "none",
+            "shots": 5,
+            "query": 10,
+            "dtype": "float32",
+            "inner_lr": 0.1,
+            "cg_iters": 10,
+            "truncate": 2,
+            "neumann_iters": 20,
+            "instruments": ["time", "memory"],
+            "min_run_time": 0.05,
+            "threads": 1,
+        },
+        "grid": [
+            {
+                "algorithm": ["maml", "itd_bio", "imaml", "rm_metal", "neumann"],
+                "formulation": ["bilevel"],
+                "inner_steps": [5, 20],
+            },
+            {
+                "algorithm": ["maml", "maml_checkpointed", "truncated", "fomaml", "imaml", "neumann"],
+                "formulation": ["maml"],
+                "lam": [1.0],
+                "inner_steps": [5, 20],
+            },
+            {"algorithm": ["imaml"], "formulation": ["maml"], "lam": [1.0], "damping": [1.0], "inner_steps": [20]},
+            {"algorithm": ["maml", "fomaml"], "formulation": ["maml"], "lam": [0.0], "inner_steps": [5, 20]},
         ],
     },
     "conv_checkpointed": {

@@ -11,6 +11,7 @@ import collections
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from metabench.options import label
 from metabench.results import ResultsStore
 from metabench.sweep.case import run_case
 from metabench.sweep.spec import Sweep
@@ -32,11 +33,9 @@ class SweepSummary:
 
 
 def _label(case: dict) -> str:
-    opts = case["options"]
-    keys = ("inner_solver", "inner_steps", "truncate", "cg_iters", "neumann_iters")
-    parts = [case["algorithm"]] + [f"{k}={opts[k]}" for k in keys if k in opts]
     kappa = case["problem_params"].get("kappa")
-    return " ".join(parts + ([f"kappa={kappa:g}"] if kappa is not None else []))
+    text = label(case["algorithm"], case["options"])
+    return text + (f" kappa={kappa:g}" if isinstance(kappa, (int, float)) else "")
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path, *, progress: bool = True, limit: int | None = None) -> SweepSummary:
