@@ -135,6 +135,8 @@ def pytest_benchmark(session: nox.Session) -> None:
         "-m",
         "pytest",
         "benchmarks/micro",
+        "-n",
+        "0",  # pytest-benchmark times nothing under xdist workers
         "-p",
         "no:randomly",
         f"--benchmark-storage={storage}",

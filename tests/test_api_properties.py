@@ -21,7 +21,9 @@ import metabench
 from metabench.results import STATUSES, ResultsStore, read_records
 from metabench.sweep import Sweep, run_case
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 ANY_VALUE = st.one_of(
     st.none(),
@@ -106,7 +108,13 @@ def test_any_case_becomes_a_record_with_a_status_and_ok_means_right(flat):
             assert record["rel_error_algorithm"] < 1e-3, case
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(garbage=st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b), max_size=4))
 def test_garbage_between_records_never_hides_a_record(tmp_path_factory, garbage):
     path = tmp_path_factory.mktemp("store") / "s.jsonl"
