@@ -57,11 +57,11 @@ STATUSES = {
     "ok": "measured",
     "failed": "raised an error (text in `error`), including a linear-solver breakdown",
     "diverged": (
-        "a non-finite iterate or result (e.g. a too-large inner_lr), "
-        "or a training run whose objective gap grew a million-fold"
+        "a non-finite iterate or result, an inner loop whose objective grew (e.g. inner_lr > 2/L), a Neumann "
+        "series whose terms grew, or a training run that diverged"
     ),
-    "oom": "ran out of memory",
-    "skipped": "the algorithm does not apply to this problem (reason in `error`)",
+    "oom": "an allocation failed (out of memory)",
+    "skipped": "does not apply here: the algorithm refuses the problem, or the device is absent (reason in `error`)",
     "invalid": "the case's parameters were refused before it ran (reason in error)",
 }
 

@@ -251,3 +251,13 @@ def test_instruments_run_parameter_limits_the_passes_and_keeps_old_case_ids():
     assert base["case_id"] == case_id(
         {k: v for k, v in base.items() if k not in ("instruments", "mode", "sweep", "case_id")}
     )
+
+
+def test_instruments_given_as_one_name_is_that_instrument_not_its_letters():
+    one = tiny_sweep(algorithm=["maml"], inner_steps=[2], instruments=["memory"]).cases()[0]
+    listed = tiny_sweep(algorithm=["maml"], inner_steps=[2], instruments=[["memory"]]).cases()[0]
+    assert one["instruments"] == ["memory"] and one["case_id"] == listed["case_id"]
+    record = run_case(one)
+    assert record["status"] == "ok" and record["live_peak_bytes"] > 0 and "time_median_s" not in record
+    bad = tiny_sweep(algorithm=["maml"], inner_steps=[2], instruments=[["memory", "speed"]]).cases()[0]
+    assert run_case(bad)["status"] == "invalid" and "speed" in run_case(bad)["error"]

@@ -81,3 +81,12 @@ def test_train_without_closed_form_records_none():
     problem = mb.LinearMetaRegression.generate(2, 3, 6, 4, kappa=2.0, lam=0.0, seed=0)
     result = mb.train(problem, "maml", torch.zeros(3, dtype=F64), 2, 0.1, inner_steps=2, inner_lr=0.1)
     assert result.objective == [None, None, None] and len(result.grad_norm) == 2
+
+
+def test_a_diverging_run_stops_with_a_status_instead_of_nan_objectives(bilevel):
+    run = mb.train(bilevel, "itd_bio", torch.zeros(5, dtype=F64), 200, 1e6, inner_steps=2, inner_lr=0.9)
+    assert run.status == "diverged" and "outer step" in run.error
+    assert len(run.objective) < 201  # it stopped where it diverged
+    assert all(f is not None and f == f and abs(f) < float("inf") for f in run.objective)  # no NaN or inf kept
+    ok = mb.train(bilevel, "itd_bio", torch.zeros(5, dtype=F64), 5, 0.01, inner_steps=2, inner_lr=0.9)
+    assert ok.status == "ok" and ok.error is None and len(ok.objective) == 6
