@@ -108,13 +108,13 @@ class Oracle:
         """d/d(wrt) of sum_i f_i(theta, phi_i), one backward (through phi's graph, if it has one).
 
         The sum, not the mean: its gradient with respect to phi is the stack of the per-task gradients
-        grad_phi f_i, whatever the number of tasks in the call. Returns one gradient per tensor of ``wrt``
-        (zeros where f does not depend on it)."""
+        grad_phi f_i, whatever the number of tasks in the call. Returns one gradient per tensor of ``wrt``,
+        None where f does not depend on it (nothing is allocated for a gradient that is zero: on the MAML
+        family f_i = L_i(phi) has no theta term)."""
         self._count("outer_grads")
         with torch.enable_grad():
             loss = self._problem.outer_loss(theta, phi, self.tasks).sum()
-            grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-        return tuple(torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt))
+            return torch.autograd.grad(loss, wrt, allow_unused=True)
 
     def linearize(self, theta: torch.Tensor, phi: torch.Tensor) -> Linearization:
         """The inner gradient at (theta, phi) with its graph, for products with the inner Hessian at phi."""

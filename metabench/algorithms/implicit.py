@@ -74,10 +74,14 @@ class ImplicitAlgorithm(Algorithm):
     def _compute(self, oracle, theta, state) -> Computed:
         phi0, v0 = self.start(oracle, theta, state)
         phi_K = self._run_inner(oracle, theta, phi0, backprop_steps=0).detach()
+        # the outer gradients first, so that their graph is gone before the inner gradient's is built
+        theta_in, phi_in = theta.detach().requires_grad_(True), phi_K.detach().requires_grad_(True)
+        grad_theta, grad_phi = oracle.outer_grad(theta_in, phi_in, wrt=(theta_in, phi_in))
+        del theta_in, phi_in
         at = oracle.linearize(theta, phi_K)
-        grad_theta, grad_phi = oracle.outer_grad(at.theta, at.phi, wrt=(at.theta, at.phi))
         v, info = self.linear.solve(at.hvp, grad_phi.detach(), v0)
-        grad = grad_theta.detach() - at.cross(v)
+        cross = at.cross(v)
+        grad = -cross if grad_theta is None else grad_theta.detach() - cross
         return Computed(
             grad=(grad / oracle.n).detach(),
             phi=phi_K,

@@ -42,6 +42,7 @@ class UnrolledAlgorithm(Algorithm):
             phi0 = oracle.inner_init(theta)
             phi = self._run_inner(oracle, theta, phi0, self.backprop_steps())
             (grad,) = oracle.outer_grad(theta, phi, wrt=(theta,))
+        grad = torch.zeros_like(theta) if grad is None else grad  # theta does not reach f: a zero meta-gradient
         return grad.detach() / oracle.n, phi.detach()
 
     def _first_order(self, oracle, theta):
@@ -51,5 +52,6 @@ class UnrolledAlgorithm(Algorithm):
             phi = self._run_inner(oracle, theta, phi0, backprop_steps=0).detach().requires_grad_(True)
             grad_theta, grad_phi = oracle.outer_grad(theta, phi, wrt=(theta, phi))
             (through_phi0,) = torch.autograd.grad(phi0, theta, grad_outputs=grad_phi, allow_unused=True)
-        grad = grad_theta if through_phi0 is None else grad_theta + through_phi0
+        parts = [g for g in (grad_theta, through_phi0) if g is not None]
+        grad = torch.zeros_like(theta) if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1]
         return grad.detach() / oracle.n, phi.detach()

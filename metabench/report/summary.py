@@ -10,17 +10,14 @@ import re
 
 import pandas as pd
 
+from metabench.options import HEADLINE_OPTIONS, OPTIONS
 from metabench.report.document import md_text
 
 __all__ = ["summary_markdown"]
 
 _COLUMNS = {
     "algorithm": "algorithm",
-    "inner_solver": "solver",
-    "inner_steps": "K",
-    "truncate": "T",
-    "cg_iters": "CG",
-    "neumann_iters": "N",
+    **{name: OPTIONS[name].short for name in HEADLINE_OPTIONS if name != "inner_lr"},  # solver, K, T, CG, N
     "kappa": "kappa",
     "status": "status",
     "rel_error_exact": "rel. error",
