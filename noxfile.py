@@ -2,6 +2,7 @@
 
     nox -s tests                 the test suite (what README and .ci/run run)
     nox -s slow                  the long checks marked `slow`
+    nox -s tests_two_threads     the suite with 2 intra-op threads per test (METABENCH_TEST_THREADS=2)
     nox -s lint                  ruff
     nox -s bench                 the default metabench sweep (smoke) and its report
     nox -s asv                   asv for the current commit; `nox -s asv -- HEAD~3..HEAD` for a range
@@ -50,6 +51,13 @@ def tests(session: nox.Session) -> None:
     """Run the default test suite (slow checks excluded)."""
     _install(session)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def tests_two_threads(session: nox.Session) -> None:
+    """The suite with two intra-op threads in every test: no assertion may depend on one reduction order."""
+    _install(session)
+    session.run("python", "-m", "pytest", *session.posargs, env={"METABENCH_TEST_THREADS": "2"})
 
 
 @nox.session

@@ -224,9 +224,11 @@ def _profile(args: argparse.Namespace) -> int:
         raise ValueError(f"bad device {case['device']!r}: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {case['device']!r} asked for, but CUDA is not available here; use --device cpu")
+    from metabench.sweep.case import CaseNotApplicable
+
     try:
         prepared = prepare_case(case)
-    except TypeError as err:  # a bad option value or type: bad input like a ValueError
+    except (TypeError, CaseNotApplicable) as err:  # a bad value, or a device this machine lacks: bad input
         raise ValueError(str(err)) from err
     prepared.algorithm.check_problem(prepared.problem)
     opts = prepared.algorithm.describe()

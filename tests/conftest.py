@@ -7,6 +7,8 @@ problem's A_i have eigenvalues in [1/kappa, 1].
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -35,11 +37,16 @@ def bilevel_theta(bilevel_problem) -> torch.Tensor:
     return torch.randn(bilevel_problem.theta_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
 
+#: Intra-op threads in every test: 1 by default, as the sweeps and benchmarks measure (on a shared 2-core
+#: machine small ops are far slower with two); METABENCH_TEST_THREADS=2 runs the suite with two, to check
+#: that no assertion depends on one BLAS reduction order.
+TEST_THREADS = int(os.environ.get("METABENCH_TEST_THREADS", "1"))
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One intra-op thread in every test, as the sweeps and benchmarks measure: on a shared 2-core
-    machine small ops are far slower with two."""
+    """``TEST_THREADS`` intra-op threads in every test (1 unless METABENCH_TEST_THREADS says otherwise)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(before)

@@ -77,3 +77,13 @@ def cg_reference(matrix, rhs, iters):
 
 def rel_error(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300))
+
+
+def solve_each(A, b):
+    """x_i = A_i^-1 b_i, one matrix at a time (b of shape (..., n) or (..., n, k)).
+
+    Not batched ``torch.linalg.solve``: with two or more intra-op threads, torch 2.13's batched LU returns
+    garbage, raises or hangs on matrices of ~150 x 150 and up on some CPUs (see ``metabench/_linalg.py``)."""
+    if A.dim() == 2:
+        return torch.linalg.solve(A, b)
+    return torch.stack([solve_each(a, bb) for a, bb in zip(A, b)])

@@ -25,6 +25,7 @@ from numbers import Integral
 import torch
 
 from metabench._checks import check_finite_tensor, check_int, check_real
+from metabench._linalg import spd_inverse, spd_solve
 from metabench.problems._gd_closed_form import (
     check_gd_finite,
     check_nonsingular,
@@ -312,7 +313,7 @@ class LinearMetaRegression(BilevelProblem):
         return eig[:, -1] / eig[:, 0]
 
     def _phi_star(self, what: str, theta64: torch.Tensor, b: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-        phi = torch.linalg.solve(A, b + self.lam * theta64)
+        phi = spd_solve(A, b + self.lam * theta64)
         return require_finite(what, phi, "phi* = A^-1 (b + lam theta): " + self._overflow(theta64))
 
     def inner_solution(self, theta, tasks=None) -> torch.Tensor:
@@ -340,7 +341,7 @@ class LinearMetaRegression(BilevelProblem):
         _, b, Hv, bv, A = self._solvable("exact_hypergradient", tasks)
         phi = self._phi_star("exact_hypergradient", theta64, b, A)
         outer_grad = torch.einsum("tde,te->td", Hv, phi) - bv
-        grad = (self.lam * torch.linalg.solve(A, outer_grad)).mean(0)
+        grad = (self.lam * spd_solve(A, outer_grad)).mean(0)
         return require_finite("exact_hypergradient", grad, self._overflow(theta64))
 
     def exact_algorithm_gradient(
@@ -380,7 +381,7 @@ class LinearMetaRegression(BilevelProblem):
         equations. Its largest eigenvalue L_F makes 1/L_F a stable step of gradient descent on F.
         """
         _, _, Hv, _, A = self._solvable("meta_hessian", tasks)
-        P = self.lam * torch.linalg.inv(A)
+        P = self.lam * spd_inverse(A)
         return require_finite("meta_hessian", (P @ Hv @ P).mean(0), f"P_i = lam A_i^-1 with lam = {self.lam:g}")
 
     def exact_optimum(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -391,7 +392,7 @@ class LinearMetaRegression(BilevelProblem):
         (the matrix is :meth:`meta_hessian`).
         """
         _, b, Hv, bv, A = self._solvable("exact_optimum")
-        Ainv = torch.linalg.inv(A)
+        Ainv = spd_inverse(A)
         P = self.lam * Ainv
         q = torch.einsum("tde,te->td", Ainv, b)
         M = self.meta_hessian()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from metabench._checks import check_finite_tensor, check_int, check_real
+from metabench._linalg import spd_solve
 from metabench.problems._gd_closed_form import (
     check_gd_finite,
     check_nonsingular,
@@ -191,7 +192,7 @@ class QuadraticBilevel(BilevelProblem):
 
     def _phi_star(self, what: str, theta64: torch.Tensor, tasks):
         A, B, c, _ = self._solvable(what, tasks)
-        phi = torch.linalg.solve(A, B @ theta64 + c)
+        phi = spd_solve(A, B @ theta64 + c)
         return require_finite(what, phi, "phi* = A^-1 (B theta + c): " + self._overflow(theta64))
 
     def meta_objective(self, theta, tasks=None) -> torch.Tensor:
@@ -207,7 +208,7 @@ class QuadraticBilevel(BilevelProblem):
         theta64 = self._theta64(theta)
         A, B, _, t = self._matrices(tasks)
         phi = self._phi_star("exact_hypergradient", theta64, tasks)
-        v = torch.linalg.solve(A, phi - t)
+        v = spd_solve(A, phi - t)
         grad = self.rho * theta64 + torch.einsum("tij,ti->j", B, v) / len(B)
         return require_finite("exact_hypergradient", grad, self._overflow(theta64))
 
@@ -252,7 +253,7 @@ class QuadraticBilevel(BilevelProblem):
         equations. Its largest eigenvalue L_F makes 1/L_F a stable step of gradient descent on F.
         """
         A, B, _, _ = self._solvable("meta_hessian", tasks)
-        P = torch.linalg.solve(A, B)
+        P = spd_solve(A, B)
         M = (P.transpose(1, 2) @ P).mean(0) + self.rho * torch.eye(self.p, dtype=P.dtype, device=P.device)
         return require_finite("meta_hessian", M, f"P_i = A_i^-1 B_i with rho = {self.rho:g}")
 
@@ -261,8 +262,8 @@ class QuadraticBilevel(BilevelProblem):
         minimum-norm solution of  (mean_i P_i'P_i + rho I) theta = mean_i P_i'(t_i - q_i)
         (the matrix is :meth:`meta_hessian`)."""
         A, B, c, t = self._solvable("exact_optimum")
-        P = torch.linalg.solve(A, B)
-        qv = torch.linalg.solve(A, c)
+        P = spd_solve(A, B)
+        qv = spd_solve(A, c)
         M = self.meta_hessian()
         rhs = torch.einsum("tij,ti->j", P, t - qv) / len(P)
         theta_star = require_finite(
