@@ -261,3 +261,15 @@ def test_instruments_given_as_one_name_is_that_instrument_not_its_letters():
     assert record["status"] == "ok" and record["live_peak_bytes"] > 0 and "time_median_s" not in record
     bad = tiny_sweep(algorithm=["maml"], inner_steps=[2], instruments=[["memory", "speed"]]).cases()[0]
     assert run_case(bad)["status"] == "invalid" and "speed" in run_case(bad)["error"]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps", "xpu"])
+def test_a_device_this_machine_lacks_is_a_skipped_record(device):
+    try:
+        torch.empty(0, device=device)
+        pytest.skip(f"this machine has {device}")
+    except (RuntimeError, AssertionError):
+        pass
+    record = run_case(tiny_sweep(algorithm=["maml"], inner_steps=[1], device=[device]).cases()[0])
+    assert record["status"] == "skipped" and "not available on this machine" in record["error"]
+    assert len(record["error"]) < 400  # one readable line, not the backend's operator table

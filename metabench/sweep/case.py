@@ -100,8 +100,12 @@ def _device(case: dict) -> torch.device:
             raise CaseNotApplicable(f"device {case['device']!r} is not available on this machine ({why})")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise CaseNotApplicable(f"device {case['device']!r} is not available: {torch.cuda.device_count()} GPU(s)")
-    elif device.type != "cpu" and not getattr(torch.backends, device.type, None):
-        raise CaseNotApplicable(f"device {case['device']!r} is not available on this machine")
+    if device.type != "cpu":
+        try:  # the one test that holds for every backend (mps, xpu, ...): can a tensor live there?
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as err:
+            why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise CaseNotApplicable(f"device {case['device']!r} is not available on this machine ({why})") from None
     return device
 
 
