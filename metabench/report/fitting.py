@@ -5,9 +5,17 @@ Student-t confidence interval b +- t_{(1+level)/2, n-2} se(b) (``scipy.stats.lin
 
 ``least_compute`` reads a Table 1 sweep: for each variant, condition number kappa and target
 relative error, the least compute (oracle calls per task, or wall time) among the measured cases
-whose error is within the target; a variant that never reaches a target keeps NaN there and its
-error floor (the smallest error it reached). ``table1`` fits the growth of that least compute in
-kappa per variant and target, next to iMAML's theoretical exponent.
+whose error is within the target, where it was found (K, CG iterations) and whether the records show
+it is least (its neighbours with one inner step or one CG iteration fewer, when measured, miss the
+target); a variant that never reaches a target keeps NaN there and its error floor (the smallest error
+it reached). ``table1`` fits the growth of that least compute in kappa per variant and target and gives
+a verdict against the theory line the row is compared with (``verdict``).
+
+**The verdict rule** (points are deterministic and quantised by integer K, so the interval reflects the
+curvature of log K in log kappa, not noise): "agrees" when the fitted exponent is within ``TOLERANCE``
+(0.1) of the theory and its 95% interval does not also hold another candidate exponent (0.5 or 1:
+sqrt(kappa) against kappa); "inconclusive" when the interval holds both candidates, or there are fewer
+than 3 points; "disagrees" otherwise. An interval as wide as [-0.08, 1.67] can never "agree".
 """
 
 from __future__ import annotations
@@ -20,7 +28,22 @@ from scipy import stats
 
 from metabench.report.variants import THEORY, with_variants
 
-__all__ = ["PowerLawFit", "fit_power_law", "least_compute", "memory_per_step", "table1"]
+__all__ = [
+    "CANDIDATE_EXPONENTS",
+    "TOLERANCE",
+    "PowerLawFit",
+    "error_floors",
+    "fit_power_law",
+    "least_compute",
+    "memory_per_step",
+    "table1",
+    "verdict",
+]
+
+#: how close to the theory a fitted exponent must be to agree with it
+TOLERANCE = 0.1
+#: the exponents Table 1 tells apart: sqrt(kappa) (accelerated) and kappa (plain GD)
+CANDIDATE_EXPONENTS = (0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -33,13 +56,26 @@ class PowerLawFit:
     log_intercept: float
     n_points: int
 
-    def agrees_with(self, theory: float | None, tolerance: float = 0.25) -> bool | None:
-        """Whether ``theory`` lies in the CI (or, without a CI, within ``tolerance``); None if unknown."""
-        if theory is None or not np.isfinite(self.exponent):
-            return None
-        if np.isfinite(self.ci_low):
-            return bool(self.ci_low <= theory <= self.ci_high)
-        return bool(abs(self.exponent - theory) <= tolerance)
+    def agrees_with(self, theory: float | None, tolerance: float = TOLERANCE) -> bool | None:
+        """True / False where :func:`verdict` says "agrees" / "disagrees"; None where it is inconclusive."""
+        said = verdict(self, theory, tolerance)
+        return {"agrees": True, "disagrees": False}.get(said)
+
+
+def verdict(
+    fit: PowerLawFit, theory: float | None, tolerance: float = TOLERANCE, candidates=CANDIDATE_EXPONENTS
+) -> str:
+    """ "agrees", "disagrees", "inconclusive" or "no theory" (module docstring: the rule)."""
+    if theory is None:
+        return "no theory"
+    if not np.isfinite(fit.exponent):
+        return "inconclusive"
+    if not np.isfinite(fit.ci_low):  # two points: no interval, nothing to tell the candidates apart with
+        return "inconclusive"
+    held = [c for c in candidates if fit.ci_low <= c <= fit.ci_high]
+    if len(held) >= 2:
+        return "inconclusive"
+    return "agrees" if abs(fit.exponent - theory) <= tolerance else "disagrees"
 
 
 def fit_power_law(x, y, level: float = 0.95) -> PowerLawFit:
@@ -60,38 +96,82 @@ def fit_power_law(x, y, level: float = 0.95) -> PowerLawFit:
 def least_compute(records: pd.DataFrame, targets, cost: str = "oracle_calls") -> pd.DataFrame:
     """Per (variant, kappa, target): the least ``cost`` reaching rel_error_exact <= target, and the error floor.
 
-    Columns: variant, kappa, target, cost (NaN if never reached), reached (bool), error_floor.
+    Columns: variant, kappa, target, cost (NaN if never reached), reached (bool), error_floor, inner_steps and
+    cg_iters of the least point, dim, and ``least`` (True when its measured neighbours one step cheaper, one inner
+    step fewer or, for a CG method, one CG iteration fewer, all miss the target; False when one of them reaches
+    it, which cannot happen for the least point; None when neither was measured).
     """
     data = with_variants(records[records["status"] == "ok"])
     data = data[np.isfinite(data["rel_error_exact"].astype(float))]
+    if cost not in data:
+        data = data.assign(**{cost: np.nan})
     rows = []
     for (variant, kappa), group in data.groupby(["variant", "kappa"]):
         floor = float(group["rel_error_exact"].min())
         for target in targets:
-            hit = group[group["rel_error_exact"] <= target]
-            best = float(hit[cost].min()) if len(hit) else np.nan
-            rows.append(
-                {
-                    "variant": variant,
-                    "kappa": float(kappa),
-                    "target": float(target),
-                    "cost": best,
-                    "reached": bool(len(hit)),
-                    "error_floor": floor,
-                }
-            )
-    return pd.DataFrame(rows, columns=["variant", "kappa", "target", "cost", "reached", "error_floor"])
+            hit = group[(group["rel_error_exact"] <= target) & np.isfinite(group[cost].astype(float))]
+            row = {"variant": variant, "kappa": float(kappa), "target": float(target), "error_floor": floor}
+            if len(hit):
+                best = hit.loc[hit[cost].astype(float).idxmin()]
+                row.update(
+                    cost=float(best[cost]),
+                    reached=True,
+                    inner_steps=int(best["inner_steps"]),
+                    cg_iters=_int_or_none(best.get("cg_iters")),
+                    dim=_int_or_none(best.get("dim")),
+                    least=_least(group, best, target),
+                )
+            else:
+                row.update(cost=np.nan, reached=False, inner_steps=None, cg_iters=None, dim=None, least=None)
+            rows.append(row)
+    columns = [
+        "variant",
+        "kappa",
+        "target",
+        "cost",
+        "reached",
+        "error_floor",
+        "inner_steps",
+        "cg_iters",
+        "dim",
+        "least",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _int_or_none(value):
+    try:
+        return None if value is None or not np.isfinite(float(value)) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _least(group: pd.DataFrame, best, target: float) -> bool | None:
+    """Do the point's measured cheaper neighbours (K - 1; m - 1 for a CG method) miss the target? None if none
+    was measured."""
+    K, m = int(best["inner_steps"]), _int_or_none(best.get("cg_iters"))
+    same_m = group["cg_iters"].isna() if m is None else group["cg_iters"] == m
+    neighbours = [group[(group["inner_steps"] == K - 1) & same_m]]
+    if m is not None:
+        neighbours.append(group[(group["inner_steps"] == K) & (group["cg_iters"] == m - 1)])
+    measured = [n for n in neighbours if not n.empty]
+    if not measured:
+        return None
+    return bool(all((n["rel_error_exact"] > target).all() for n in measured))
 
 
 def table1(
     records: pd.DataFrame, targets=(0.5, 1e-1, 1e-2), cost: str = "oracle_calls", kappa_min: float = 10.0
 ) -> pd.DataFrame:
-    """Fitted exponent of least compute in kappa, per variant and target, beside iMAML's theory.
+    """Fitted exponent of least compute in kappa, per variant and target, and the verdict against its theory.
 
     Kappas below ``kappa_min`` are left out of the fit (kappa = 1 is solved in one step by every
     method, before the asymptotic regime). Columns: variant, target, exponent, ci_low, ci_high,
-    n_points, theory, agrees, kappas_reached, kappas_missed, error_floor (the smallest error
-    reached at the largest kappa).
+    n_points, theory, theory_source, verdict, agrees (True/False where the verdict is agrees/disagrees,
+    None otherwise), kappas_reached, kappas_missed, kappa_range (of the fit), error_floor (the smallest
+    error reached at the largest kappa), least ("k/n": points whose neighbours show them least, of the n
+    with neighbours measured), cg_at_largest and dim (CG iterations of the point at the largest kappa, and
+    the dimension: CG needs at most dim iterations, so a count at dim is a cap, not a rate).
     """
     best = least_compute(records, targets, cost)
     rows = []
@@ -100,6 +180,8 @@ def table1(
         fit = fit_power_law(fit_on["kappa"], fit_on["cost"])
         theory = THEORY.get(variant, {}).get("exponent")
         largest = group.loc[group["kappa"].idxmax()]
+        said = verdict(fit, theory)
+        known = fit_on["least"].dropna()
         rows.append(
             {
                 "variant": variant,
@@ -109,13 +191,44 @@ def table1(
                 "ci_high": fit.ci_high,
                 "n_points": fit.n_points,
                 "theory": theory,
-                "agrees": fit.agrees_with(theory),
+                "theory_source": THEORY.get(variant, {}).get("source"),
+                "verdict": said,
+                "agrees": {"agrees": True, "disagrees": False}.get(said),
                 "kappas_reached": sorted(group.loc[group["reached"], "kappa"].tolist()),
                 "kappas_missed": sorted(group.loc[~group["reached"], "kappa"].tolist()),
+                "kappa_range": (float(fit_on["kappa"].min()), float(fit_on["kappa"].max())) if len(fit_on) else None,
                 "error_floor": float(largest["error_floor"]),
+                "least": f"{int(known.sum())}/{len(known)}" if len(known) else "-",
+                "cg_at_largest": _int_or_none(fit_on.loc[fit_on["kappa"].idxmax(), "cg_iters"])
+                if len(fit_on)
+                else None,
+                "dim": _int_or_none(fit_on["dim"].max()) if len(fit_on) else None,
             }
         )
     return pd.DataFrame(rows)
+
+
+def error_floors(records: pd.DataFrame) -> pd.DataFrame:
+    """The smallest error each (variant, truncation T, kappa) reached: truncated back-prop's floor per T, fomaml's.
+
+    Columns: variant, truncate (None for untruncated variants), kappa, error_floor, inner_steps (of the record
+    with the floor)."""
+    data = with_variants(records[records["status"] == "ok"])
+    data = data[np.isfinite(data["rel_error_exact"].astype(float))]
+    rows = []
+    keys = data["truncate"].where(data["truncate"].notna(), -1) if "truncate" in data else -1
+    for (variant, t, kappa), group in data.assign(_t=keys).groupby(["variant", "_t", "kappa"]):
+        floor = group.loc[group["rel_error_exact"].astype(float).idxmin()]
+        rows.append(
+            {
+                "variant": variant,
+                "truncate": None if t == -1 else int(t),
+                "kappa": float(kappa),
+                "error_floor": float(floor["rel_error_exact"]),
+                "inner_steps": int(floor["inner_steps"]),
+            }
+        )
+    return pd.DataFrame(rows, columns=["variant", "truncate", "kappa", "error_floor", "inner_steps"])
 
 
 def memory_per_step(records: pd.DataFrame, value: str = "live_peak_bytes") -> pd.DataFrame:
@@ -128,6 +241,8 @@ def memory_per_step(records: pd.DataFrame, value: str = "live_peak_bytes") -> pd
     peak / Mem(grad)), steps (range measured).
     """
     data = with_variants(records[(records["status"] == "ok")])
+    if value not in data:  # no memory pass in these records
+        return pd.DataFrame()
     data = data[np.isfinite(data[value].astype(float))]
     rows = []
     for (variant, problem), group in data.groupby(["variant", "problem"]):

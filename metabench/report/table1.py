@@ -1,5 +1,11 @@
-"""The iMAML Table 1 section of a report: least compute per variant, kappa and target, fitted growth in kappa,
-the verdict against the theory line each row is compared with, and the memory laws."""
+"""The iMAML Table 1 section of a report: least compute per variant, kappa and target, its fitted growth in
+kappa with the verdict against the theory line each row is compared with, the error floors of the biased
+methods, and the memory laws.
+
+Everything is read from the records: the least compute of a (variant, kappa, target) is the cheapest measured
+case within the target, and the records of its neighbours (one inner step fewer; one CG iteration fewer) show
+whether it is least (the ``table1`` preset measures them: ``metabench/sweep/table1.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,14 @@ import numpy as np
 import pandas as pd
 
 from metabench.report.document import Section, Table
-from metabench.report.fitting import memory_per_step, table1
+from metabench.report.fitting import CANDIDATE_EXPONENTS, TOLERANCE, error_floors, memory_per_step, table1
 from metabench.report.variants import THEORY
 
 __all__ = ["TARGETS", "table1_section"]
 
-TARGETS = (0.5, 0.1, 0.01)
+TARGETS = (0.1, 0.01)
+#: a fitted memory slope below half a byte per step is rounding of integer byte counts: shown as 0
+_ROUND_OFF_BYTES = 0.5
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -28,42 +36,71 @@ def _fmt(value, digits: int = 3) -> str:
 def _exponent(row) -> str:
     if row is None or not np.isfinite(row["exponent"]):
         return "not enough points"
-    text = f"{row['exponent']:.2f}"
+    text = f"{row['exponent']:.3f}"
     if np.isfinite(row["ci_low"]):
-        text += f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+        text += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
     else:
-        text += " (2 points, no CI)"
+        text += " (2 points, no interval)"
     return text
 
 
-def _mark(row) -> str:
-    if row is None or row["agrees"] is None:
-        return ""
-    return "agrees" if row["agrees"] else "DISAGREES"
+def _kappa_range(row) -> str:
+    if row is None or row["kappa_range"] is None:
+        return "-"
+    low, high = row["kappa_range"]
+    return f"{low:g}..{high:g}"
+
+
+def _cg(row) -> str:
+    if row is None or row["cg_at_largest"] is None:
+        return "-"
+    text = f"{row['cg_at_largest']} of {row['dim']}" if row["dim"] else str(row["cg_at_largest"])
+    if row["dim"] and row["cg_at_largest"] >= row["dim"]:
+        text += " (capped: CG ends by exhausting the dimension)"
+    return text
+
+
+def _bytes_per_step(slope: float) -> str:
+    return "0" if abs(slope) < _ROUND_OFF_BYTES else f"{slope:.4g}"
+
+
+def _explain_missing(linear: pd.DataFrame) -> Section:
+    section = Section("iMAML Table 1, measured")
+    section.blocks.append(
+        f"No Table 1 here: the linear meta-regression records hold {linear['kappa'].nunique()} condition "
+        "number(s), and a growth in kappa needs at least 3 (run the `table1` preset)."
+    )
+    return section
 
 
 def table1_section(records: pd.DataFrame) -> Section | None:
-    """The Table 1 section, or None where the records hold no Table 1 sweep (fewer than 3 kappa values)."""
+    """The Table 1 section; a short explanation where the linear records cannot make one; None without them."""
     linear = records[records["problem"] == "linear_meta_regression"]
-    if linear.empty or linear["kappa"].nunique() < 3 or "rel_error_exact" not in linear:
+    if linear.empty or "rel_error_exact" not in linear:
         return None
+    if linear["kappa"].nunique() < 3:
+        return _explain_missing(linear)
     calls = table1(linear, TARGETS, cost="oracle_calls")
     seconds = table1(linear, TARGETS, cost="time_median_s") if "time_median_s" in linear else None
-    memory = memory_per_step(linear)
     section = Section("iMAML Table 1, measured")
+    dims = sorted({int(d) for d in linear["dim"].dropna()}) if "dim" in linear else []
     section.blocks.append(
-        "For each variant, condition number kappa and target relative error, the least compute among the "
-        "measured cases that reach the target; the growth of that least compute in kappa is fitted on log-log "
-        "axes (kappa >= 10; 95% confidence interval from the t distribution) and set beside iMAML's Table 1. "
-        "Compute is oracle calls per task (inner and outer gradients, Hessian-vector and mixed products) and, "
-        "separately, the median wall time of one hypergradient. A variant that never reaches a target is "
-        "shown with the error floor it reached at the largest kappa instead of being dropped."
+        "For each variant, condition number kappa and target relative error (to the exact hypergradient), the "
+        "least compute among the measured cases within the target: oracle calls per task (inner and outer "
+        "gradients, Hessian-vector and cross products, as the oracle counted them), and separately the median "
+        "wall time of one hypergradient where it was timed. The growth of that least compute in kappa is fitted "
+        "on log-log axes (kappa >= 10, 95% interval from the t distribution). "
+        f"Verdict: agrees when the fit is within {TOLERANCE:g} of the row's theory line and its interval does not "
+        f"also hold the other candidate exponent ({' or '.join(f'{c:g}' for c in CANDIDATE_EXPONENTS)}); "
+        "inconclusive when the interval holds both (or there are fewer than 3 points); disagrees otherwise. "
+        "'Shown least' counts the points whose measured neighbours (one inner step fewer, one CG iteration "
+        "fewer) miss the target. " + (f"Problem dimension {', '.join(map(str, dims))}. " if dims else "")
     )
     for target in TARGETS:
         rows = []
         for variant, theory in THEORY.items():
             c = calls[(calls["variant"] == variant) & (calls["target"] == target)]
-            if c.empty:
+            if c.empty or theory["exponent"] is None:
                 continue
             c = c.iloc[0]
             t = None
@@ -74,11 +111,12 @@ def table1_section(records: pd.DataFrame) -> Section | None:
             rows.append(
                 [
                     variant,
-                    theory["compute"],
-                    _fmt(theory["exponent"]),
+                    f"{theory['exponent']:g}: {theory['compute']} ({theory['source']})",
                     _exponent(c),
-                    _mark(c),
-                    _exponent(t) if t is not None else "-",
+                    c["verdict"],
+                    f"{_exponent(t)} over kappa {_kappa_range(t)}" if t is not None else "-",
+                    c["least"],
+                    _cg(c),
                     missed,
                     _fmt(c["error_floor"]),
                 ]
@@ -87,18 +125,37 @@ def table1_section(records: pd.DataFrame) -> Section | None:
             Table(
                 [
                     "variant",
-                    "paper: compute",
-                    "theory exponent",
-                    "fitted exponent (oracle calls) [95% CI]",
-                    "vs theory",
-                    "fitted exponent (wall time) [95% CI]",
+                    "theory exponent: compute (source)",
+                    "fitted exponent, oracle calls [95% CI]",
+                    "verdict",
+                    "fitted exponent, wall time [95% CI]",
+                    "shown least",
+                    "CG iterations at the largest kappa",
                     "kappa not reached",
-                    "error floor at largest kappa",
+                    "error floor at the largest kappa",
                 ],
                 rows,
                 caption=f"Target relative error {target:g}",
             )
         )
+    floors = error_floors(linear[linear["algorithm"].isin(["truncated", "fomaml"])])
+    if not floors.empty:
+        kappas = sorted(floors["kappa"].unique())
+        rows = []
+        for (variant, t), group in floors.groupby(["variant", floors["truncate"].fillna(-1)], sort=True):
+            by_kappa = dict(zip(group["kappa"], group["error_floor"]))
+            label = variant if t == -1 else f"{variant}, T = {int(t)}"
+            rows.append([label, *(_fmt(by_kappa.get(k)) for k in kappas)])
+        section.blocks.append(
+            Table(
+                ["variant", *(f"kappa {k:g}" for k in kappas)],
+                rows,
+                caption="Error floors: the smallest relative error measured (inner loop converged: twice the steps "
+                "maml needs for the smallest target); truncated back-prop's floor is set by T, first-order MAML's "
+                "by its bias",
+            )
+        )
+    memory = memory_per_step(linear)
     if not memory.empty:
         rows = []
         for variant, theory in THEORY.items():
@@ -110,9 +167,9 @@ def table1_section(records: pd.DataFrame) -> Section | None:
                 [
                     variant,
                     theory["memory"],
-                    f"{m['slope_bytes_per_step']:.4g} per {m['steps_axis']}",
+                    f"{_bytes_per_step(m['slope_bytes_per_step'])} per {m['steps_axis']}",
                     _fmt(m["mem_grad_bytes"]),
-                    _fmt(m["slope_over_mem_grad"]),
+                    "0" if abs(m["slope_bytes_per_step"]) < _ROUND_OFF_BYTES else _fmt(m["slope_over_mem_grad"]),
                     _fmt(m["peak_over_mem_grad"]),
                     theory["error"],
                     m["steps"],
@@ -131,7 +188,8 @@ def table1_section(records: pd.DataFrame) -> Section | None:
                     "steps measured",
                 ],
                 rows,
-                caption="Memory: peak live-tensor bytes fitted against the steps each variant back-propagates",
+                caption="Memory: peak live-tensor bytes fitted against the steps each variant back-propagates "
+                "(a slope below half a byte per step is rounding and shown as 0)",
             )
         )
     return section

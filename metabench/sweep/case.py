@@ -367,14 +367,15 @@ def _measure_case(case: dict, record: dict, instruments) -> dict:
         record["task_chunk"] = result.info.get("task_chunk")
         record.update(evaluate(problem, algorithm, theta, result.tasks, result.grad))
         del result
-        measures, _ = measure_call(
-            prepared,
-            theta.device,
-            min_run_time=float(case.get("min_run_time", 0.1)),
-            warmup=False,  # the call above was the warm-up
-            instruments=instruments,
-        )
-        record.update(measures)
+        if instruments:  # instruments = []: the counts and errors of the one call above are the record
+            measures, _ = measure_call(
+                prepared,
+                theta.device,
+                min_run_time=float(case.get("min_run_time", 0.1)),
+                warmup=False,  # the call above was the warm-up
+                instruments=instruments,
+            )
+            record.update(measures)
         record["status"] = "ok"
     except Exception as err:  # keep what was measured, say what happened
         record = _failure(record, err)

@@ -6,7 +6,8 @@ sweep is the union of its blocks, without duplicates. A case has three kinds of 
 
 - run parameters (``RUN_DEFAULTS``): algorithm, problem, device, dtype, seed, task_batch, theta,
   min_run_time (seconds of timed runs), threads (torch intra-op threads; None keeps torch's default),
-  instruments (a list of "time", "memory", "flops"; None for all three),
+  instruments (a list of "time", "memory", "flops"; None for all three; [] for none: the oracle counts and
+  errors of one call only),
   mode (``"hypergradient"``: measure one hypergradient; ``"train"``: run ``metabench.train`` and
   keep the trajectory), and for training cases only (``TRAIN_DEFAULTS``) outer_steps, outer_lr
   (a float, or ``"auto"`` = 1/L_F, L_F the largest eigenvalue of the meta-objective's Hessian)
@@ -111,8 +112,8 @@ def _run_problems(run: dict[str, Any]) -> list[str]:
             problems.append(f"min_run_time must be a number of seconds in (0, {MAX_RUN_TIME:g}], got {t!r}")
     chosen = run["instruments"]
     if chosen is not None:
-        if not isinstance(chosen, list) or not chosen or not all(isinstance(i, str) for i in chosen):
-            problems.append(f"instruments must be None or a non-empty list of {list(INSTRUMENTS)}, got {chosen!r}")
+        if not isinstance(chosen, list) or not all(isinstance(i, str) for i in chosen):
+            problems.append(f"instruments must be None or a list of names from {list(INSTRUMENTS)}, got {chosen!r}")
         elif set(chosen) - set(INSTRUMENTS):
             unknown = sorted(set(chosen) - set(INSTRUMENTS))
             problems.append(f"unknown instrument(s) {unknown}; choose from {list(INSTRUMENTS)}")
