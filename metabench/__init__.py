@@ -9,19 +9,39 @@ Problems (``metabench.problems``) give one bilevel shape with closed forms; algo
     theta = torch.zeros(10, dtype=torch.float64)
     hg = metabench.get_algorithm("imaml", inner_steps=200, inner_lr=0.01, cg_iters=10).hypergradient(problem, theta)
     error = (hg.grad - problem.exact_hypergradient(theta)).norm() / problem.exact_hypergradient(theta).norm()
+
+The public names (``__all__``) are imported on first use (PEP 562), so ``import metabench`` (and the
+``metabench`` command's ``--help``) does not import torch; a submodule (``metabench.results``,
+``metabench.options``, ...) is likewise imported when first reached as an attribute.
 """
 
+import importlib as _importlib
+import importlib.util as _importlib_util
+import pkgutil as _pkgutil
+import sys as _sys
+import types as _types
 from importlib.metadata import PackageNotFoundError, version
-
-from metabench.algorithms import Hypergradient, OracleCounts, available_algorithms, get_algorithm
-from metabench.errors import DivergenceError, MetabenchError, SolverBreakdown
-from metabench.problems import BilevelProblem, LinearMetaRegression, QuadraticBilevel
-from metabench.train import TrainResult, train
 
 try:
     __version__ = version("metabench")
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
+
+#: Each public name and the module it comes from, imported when first asked for.
+_LAZY = {
+    "Hypergradient": "metabench.algorithms",
+    "OracleCounts": "metabench.algorithms",
+    "available_algorithms": "metabench.algorithms",
+    "get_algorithm": "metabench.algorithms",
+    "DivergenceError": "metabench.errors",
+    "MetabenchError": "metabench.errors",
+    "SolverBreakdown": "metabench.errors",
+    "BilevelProblem": "metabench.problems",
+    "LinearMetaRegression": "metabench.problems",
+    "QuadraticBilevel": "metabench.problems",
+    "TrainResult": "metabench.train",
+    "train": "metabench.train",
+}
 
 __all__ = [
     "BilevelProblem",
@@ -38,3 +58,36 @@ __all__ = [
     "get_algorithm",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(_importlib.import_module(module), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if not name.startswith("__") and _importlib_util.find_spec(f"{__name__}.{name}") is not None:
+        return _importlib.import_module(f"{__name__}.{name}")  # a submodule: metabench.results, metabench.options
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    submodules = {m.name for m in _pkgutil.iter_modules(__path__) if not m.name.startswith("__")}
+    return sorted(set(globals()) | set(__all__) | submodules)
+
+
+class _Package(_types.ModuleType):
+    """The package's module type: ``metabench.train`` stays the function.
+
+    Importing the submodule ``metabench.train`` (as the sweep runner does) makes the import system bind
+    the submodule on the package under the same name; this keeps the function there instead, as the eager
+    ``from metabench.train import train`` of earlier versions did.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "train" and isinstance(value, _types.ModuleType) and value.__name__ == f"{__name__}.train":
+            value = getattr(value, "train", value)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -1,4 +1,9 @@
-"""The ``metabench`` command: ``run`` a sweep, ``report`` on its records, ``profile`` one case, ``list`` what exists."""
+"""The ``metabench`` command: ``run`` a sweep, ``report`` on its records, ``compare`` two runs, ``export`` records,
+``profile`` one case, ``list`` what exists.
+
+Only the standard library is imported at the top: torch, pandas and the report modules are imported inside the
+command that needs them, so ``metabench --help``, ``metabench --version`` and ``metabench CMD --help`` answer at once.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,29 @@ _RUN_EPILOG = """exit status:
        the first errors go to stderr; the reasons are in the records)
   2    bad command line or unreadable sweep file (nothing run)
   130  interrupted (Ctrl-C); every finished case is in the store, run the same command again to resume
+"""
+_COMPARE_EPILOG = """exit status:
+  0    no regression: every case in both A and B is within the factor (improvements, cases only one side has
+       and status changes to ok do not count against it)
+  1    at least one regression: a time or memory ratio B/A above the factor, an error worse beyond round-off,
+       a changed oracle count, or a status that changed to one other than ok (marked +, !)
+  2    bad input: a missing path, no records on a side, no case of A in B (different sweeps?), a bad --factor
+       or --metric (nothing compared)
+  130  interrupted (Ctrl-C)
+
+metrics (--metric, repeatable; default all): the groups time, memory, error, counts, or single fields:
+  time_median_s, live_peak_bytes, rss_peak_delta_bytes, cuda_max_allocated_bytes, rel_error_exact,
+  rel_error_reference, rel_error_algorithm, inner_grads, outer_grads, hvps, jvps
+"""
+_EXPORT_EPILOG = """columns: every field of the record schema (metabench.results.RECORD_FIELDS) in its order, null
+where absent; then the dict fields flattened (options.cg_iters, problem_params.kappa, machine.cpu_model, ...);
+trajectory and lists stay JSON text in one column. Read back with pandas.read_csv / pandas.read_parquet.
+
+exit status:
+  0    the table was written
+  2    bad input: a missing path, no records, an unknown format, parquet without pyarrow
+       (pip install "metabench[export]"), an unwritable --out (nothing written)
+  130  interrupted (Ctrl-C); FILE is written whole or not at all
 """
 #: Statuses of newly run cases that make ``metabench run`` exit 1: the others are results.
 _ERROR_STATUSES = ("failed", "invalid")
@@ -110,41 +138,113 @@ def _results_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def _report(args: argparse.Namespace) -> int:
-    import warnings
-
+def _read_results(command: str, paths: list[str], read=None, check=None):
+    """``read(paths)`` (default ``load_records``) with the store's set-aside lines shown in short; no records is
+    a ValueError saying why (no files, every line set aside, or none complete); ``check(records)`` runs before
+    the set-aside lines are shown (it raises ValueError for records that are not usable)."""
     from metabench import results
-    from metabench.report import build_report
 
+    read = read or results.load_records
     store_warning = getattr(results, "StoreWarning", UserWarning)
     with warnings.catch_warnings(record=True) as caught:  # lines the store set aside: shown in short below
         warnings.simplefilter("always")
-        records = results.load_records(args.results)
+        records = read(paths)
     set_aside = [" ".join(str(w.message).split()) for w in caught if issubclass(w.category, store_warning)]
     for w in caught:
         if not issubclass(w.category, store_warning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    where = ", ".join(args.results)
-    if records.empty:
-        if not _results_files(args.results):
+    where = ", ".join(paths)
+    if len(records) == 0:
+        if not _results_files(paths):
             why = "no *.jsonl files there"
         elif set_aside:
             why = f"{len(set_aside)} line(s) set aside, the first: {set_aside[0]}"
         else:
             why = "its results files hold no complete records"
         raise ValueError(f"no records in {where} ({why})")
-    missing = [c for c in ("sweep", "status", "algorithm", "problem") if c not in records]
-    if missing:
-        raise ValueError(f"the records in {where} lack {missing}: not metabench results")
+    if check is not None:
+        check(records)
     if set_aside:
         more = f" (and {len(set_aside) - 1} more)" if len(set_aside) > 1 else ""
-        print(f"metabench report: warning: {len(set_aside)} line(s) set aside: {set_aside[0]}{more}", file=sys.stderr)
+        print(
+            f"metabench {command}: warning: {len(set_aside)} line(s) set aside: {set_aside[0]}{more}", file=sys.stderr
+        )
+    return records
+
+
+def _report(args: argparse.Namespace) -> int:
+    from metabench.report import build_report
+
+    def check(records) -> None:
+        missing = [c for c in ("sweep", "status", "algorithm", "problem") if c not in records]
+        if missing:
+            raise ValueError(f"the records in {', '.join(args.results)} lack {missing}: not metabench results")
+
+    records = _read_results("report", args.results, check=check)
     out = Path(args.out)
     try:
         paths = build_report(records, out, title=args.title)
     except KeyboardInterrupt:
         raise _Interrupted(f"interrupted; the report in {out} may be incomplete; run the same command again") from None
     print(f"{len(records)} records -> " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return EXIT_OK
+
+
+def _factor(text: str) -> float:
+    """``--factor``: a finite number >= 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text!r}") from None
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {text!r}")
+    return value
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from metabench.report.compare import compare_records, to_html, to_markdown
+
+    def check(records) -> None:
+        if "case_id" not in records or "status" not in records:
+            raise ValueError("records without case_id/status: not metabench results")
+
+    a = _read_results("compare", [args.a], check=check)
+    b = _read_results("compare", [args.b], check=check)
+    result = compare_records(a, b, factor=args.factor, metrics=args.metric)
+    if result.matched == 0:
+        raise ValueError(
+            f"nothing to compare: none of the {result.n_a} case(s) of {args.a} is in {args.b} ({result.n_b} case(s)); "
+            "cases are matched by case_id, a hash of the case's parameters: compare runs of the same sweep file"
+        )
+    markdown = to_markdown(result, args.a, args.b, only_changed=args.only_changed)
+    print(markdown)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(markdown)
+        (out / "compare.html").write_text(to_html(result, args.a, args.b, only_changed=args.only_changed))
+        print(f"-> {out / 'compare.md'}, {out / 'compare.html'}", file=sys.stderr)
+    n_reg, n_imp = len(result.regressions), len(result.improvements)
+    print(
+        f"metabench compare: {n_reg} regression(s), {n_imp} improvement(s) among {result.matched} case(s) in both "
+        f"(factor {args.factor:g}); {len(result.only_a)} only in A, {len(result.only_b)} only in B",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED if n_reg else EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from metabench.report.export import export_table, read_store, resolve_format, write_table
+
+    out = Path(args.out)
+    fmt = resolve_format(out, args.format)  # an unknown format, or parquet without pyarrow: before reading
+    records = _read_results("export", args.stores, read=read_store)
+    table = export_table(records)
+    try:
+        path = write_table(table, out, fmt)
+    except KeyboardInterrupt:
+        raise _Interrupted(f"interrupted; {out} was not written") from None
+    print(f"{len(table)} records, {len(table.columns)} columns -> {path}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -270,7 +370,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="metabench", description="Benchmark gradient-based meta-learning.")
+    from metabench import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="metabench",
+        description="Benchmark gradient-based meta-learning.",
+        epilog="`metabench CMD --help` shows each command's options and exit status.",
+    )
+    parser.add_argument("--version", action="version", version=f"metabench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
@@ -293,6 +400,44 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", default="reports", help="folder for the report (default reports/)")
     report.add_argument("--title", default="metabench report", help="report title")
     report.set_defaults(func=_report)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="B against A case by case: time, memory, error and oracle-count ratios; exits 1 on a regression",
+        description=(
+            "Match the records of A and B by case_id and compare each case ok on both sides: ratios B/A of time\n"
+            "and memory, errors beyond round-off, oracle counts exactly; list the cases only one side has and the\n"
+            "status changes. Prints a Markdown table (+ regression, - improvement, ! no longer ok)."
+        ),
+        epilog=_COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmp.add_argument("a", metavar="A", help="baseline results file or folder")
+    cmp.add_argument("b", metavar="B", help="results file or folder compared against A")
+    cmp.add_argument(
+        "--factor",
+        type=_factor,
+        default=1.25,
+        help="ratio B/A past which a time or memory change counts (default 1.25; below 1/factor: an improvement)",
+    )
+    cmp.add_argument("--metric", action="append", metavar="NAME", help="compare only these (repeatable; see below)")
+    cmp.add_argument("--only-changed", action="store_true", help="list only the cases that regressed or improved")
+    cmp.add_argument("--out", default=None, metavar="DIR", help="also write DIR/compare.md and DIR/compare.html")
+    cmp.set_defaults(func=_compare)
+
+    exp = sub.add_parser(
+        "export",
+        help="records as one flat table: CSV or Parquet",
+        description="Write the records of results files or folders as one table, nested fields flattened.",
+        epilog=_EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("stores", nargs="+", metavar="STORE", help="results files or folders")
+    exp.add_argument(
+        "--format", choices=("csv", "parquet"), default=None, help="csv or parquet (default: from the --out suffix)"
+    )
+    exp.add_argument("--out", required=True, metavar="FILE", help="the file to write (replaced whole)")
+    exp.set_defaults(func=_export)
 
     lst = sub.add_parser("list", help="algorithms, problems and presets")
     lst.set_defaults(func=_list)
