@@ -8,10 +8,23 @@ import torch
 
 from metabench._checks import check_real
 
-__all__ = ["MAX_KAPPA", "check_kappa", "condition_spectrum", "random_orthonormal"]
+__all__ = [
+    "MAX_KAPPA",
+    "SPECTRA",
+    "check_kappa",
+    "cluster_sizes",
+    "clustered_spectrum",
+    "condition_spectrum",
+    "random_orthonormal",
+    "uniform_spectrum",
+]
 
 MAX_KAPPA = 1e12
 """The largest condition number the generators accept (see :func:`check_kappa`)."""
+
+SPECTRA = ("geometric", "clustered", "uniform")
+"""The eigenvalue layouts of ``LinearMetaRegression.generate`` (:func:`condition_spectrum`,
+:func:`clustered_spectrum`, :func:`uniform_spectrum`)."""
 
 
 def check_kappa(kappa) -> float:
@@ -54,3 +67,41 @@ def condition_spectrum(size: int, low: float, high: float) -> torch.Tensor:
     )
     values[0], values[-1] = low, high  # exact endpoints, so the condition number is exact
     return values
+
+
+def uniform_spectrum(size: int, low: float, high: float) -> torch.Tensor:
+    """``size`` eigenvalues evenly spaced from ``low`` to ``high`` (both included): low + (high - low) j/(size - 1)."""
+    if size == 1:
+        return torch.tensor([high], dtype=torch.float64)
+    values = torch.linspace(low, high, size, dtype=torch.float64)
+    values[0], values[-1] = low, high  # exact endpoints, so the condition number is exact
+    return values
+
+
+def cluster_sizes(size: int, distinct: int, at_low: int = 0) -> list[int]:
+    """The multiplicities of ``distinct`` clusters of ``size`` eigenvalues, lowest cluster first.
+
+    As equal as possible (``size // distinct`` each, the ``size % distinct`` lowest clusters one more), except
+    that the lowest cluster holds at least ``at_low`` of them, the others sharing the rest as equally as possible.
+    Needs 1 <= distinct <= size and, when the lowest cluster is enlarged, size - at_low >= distinct - 1.
+    """
+    if not 1 <= distinct <= size:
+        raise ValueError(f"distinct must be in [1, {size}], got {distinct}")
+    sizes = [size // distinct + (1 if j < size % distinct else 0) for j in range(distinct)]
+    if sizes[0] >= at_low:
+        return sizes
+    rest, others = size - at_low, distinct - 1
+    if rest < others:
+        raise ValueError(f"distinct = {distinct} clusters need {others} values above the lowest {at_low}, got {rest}")
+    return [at_low] + [rest // others + (1 if j < rest % others else 0) for j in range(others)]
+
+
+def clustered_spectrum(size: int, low: float, high: float, distinct: int, at_low: int = 0) -> torch.Tensor:
+    """``size`` eigenvalues taking only ``distinct`` values, spaced geometrically from ``low`` to ``high``.
+
+    The values are :func:`condition_spectrum` ``(distinct, low, high)``, each repeated as often as
+    :func:`cluster_sizes` ``(size, distinct, at_low)`` says (ascending); ``distinct = size`` is
+    :func:`condition_spectrum` ``(size, low, high)`` itself.
+    """
+    counts = torch.tensor(cluster_sizes(size, distinct, at_low))
+    return condition_spectrum(distinct, low, high).repeat_interleave(counts)

@@ -33,7 +33,14 @@ from metabench.problems._gd_closed_form import (
     require_finite,
     step_powers,
 )
-from metabench.problems._random import check_kappa, condition_spectrum, random_orthonormal
+from metabench.problems._random import (
+    SPECTRA,
+    check_kappa,
+    clustered_spectrum,
+    condition_spectrum,
+    random_orthonormal,
+    uniform_spectrum,
+)
 from metabench.problems.base import BilevelProblem
 
 __all__ = ["LinearMetaRegression"]
@@ -154,14 +161,54 @@ class LinearMetaRegression(BilevelProblem):
         *,
         task_std: float = 1.0,
         noise_std: float = 0.1,
+        spectrum: str = "geometric",
+        distinct: int | None = None,
     ) -> LinearMetaRegression:
         """Random tasks whose inner objectives all have condition number exactly ``kappa``.
 
-        The spectrum of G_i = H_i + lam I is geometric from mu to L = kappa mu, with
-        L = max(1, lam kappa) (so mu >= lam keeps H_i positive semi-definite), rotated by a
-        random orthogonal matrix per task. With n_train < dim, H_i has dim - n_train zero
-        eigenvalues, so mu = lam and lam must be > 0. Task weights are w_i = w + task_std z_i
-        and targets y = X w_i + noise_std e. Deterministic in ``seed``; built in float64.
+        The eigenvalues of G_i = H_i + lam I lie in [mu, L], L = kappa mu, with L = max(1, lam kappa)
+        (so mu >= lam keeps H_i positive semi-definite), rotated by a random orthogonal matrix per task.
+        ``spectrum`` lays them out (d = dim, j = 0..d-1):
+
+        - ``"geometric"`` (default): g_j = mu kappa^(j/(d-1)), d distinct values;
+        - ``"clustered"``: only ``distinct`` values mu kappa^(c/(distinct-1)), c = 0..distinct-1, each
+          repeated about d/distinct times (``_random.cluster_sizes``: the lowest clusters take the remainder).
+          CG on G_i then terminates in ``distinct`` iterations (exact arithmetic), the iMAML Figure-2a setting
+          where a few CG iterations solve the implicit system exactly. ``distinct`` must be in [2, dim] when
+          kappa > 1 and 1 when kappa = 1; ``distinct = dim`` is the geometric spectrum itself;
+        - ``"uniform"``: g_j = mu + (L - mu) j/(d-1), evenly spaced.
+
+        ``distinct`` applies to ``"clustered"`` only (None otherwise). Task weights are w_i = w + task_std z_i
+        and targets y = X w_i + noise_std e. Deterministic in ``seed``; built in float64. The defaults give
+        the same tensors as before ``spectrum`` existed.
+
+        n_train < dim: H_i = X_tr'X_tr/n has rank n = n_train, so it has d - n zero eigenvalues: mu = lam
+        (lam must be > 0) and G_i has the eigenvalue lam with multiplicity d - n. The geometric (uniform)
+        spectrum keeps the top n of its d values on range(H_i) and sets the rest to lam; the clustered one
+        puts its lowest value lam on null(H_i) (that cluster enlarged to d - n eigenvalues) and shares the
+        other distinct - 1 values among the n range eigenvalues, so it needs distinct <= n + 1. The condition
+        number of G_i is still exactly kappa, but it is not what an iterative solver sees:
+
+        - gradient descent from phi0 = theta never leaves theta + range(H_i) (grad g_i = H_i phi - b_i +
+          lam (phi - theta) with b_i in range(H_i)), where G_i's eigenvalues are the geometric values
+          j = d-n..d-1, lam kappa^(j/(d-1)), so its condition number there is exactly (not only about)
+          ``kappa_eff = L / (lam kappa^((d-n)/(d-1))) = kappa^((n-1)/(d-1))`` (e.g. 2.64 for kappa = 100,
+          d = 20, n = 5), and GD at lr = 1/L contracts the error by 1 - kappa^(-(n-1)/(d-1)) per step, an
+          attained bound. (The gap from lam up to the smallest range eigenvalue is the complementary factor
+          kappa^((d-n)/(d-1)); the two multiply to kappa.)
+          Uniform: kappa_eff = kappa / (1 + (kappa - 1)(d - n)/(d - 1));
+          clustered: kappa^((distinct-2)/(distinct-1));
+        - CG on G_i v = grad L_i (the implicit system; its right-hand side has components on null(H_i)) sees
+          n + 1 distinct eigenvalues, lam and the n range values (clustered: ``distinct``). It terminates in
+          at most n + 1 iterations in exact arithmetic; its Chebyshev bound converges at kappa_eff's rate after
+          the extra iteration for the isolated eigenvalue lam, with a constant up to kappa - 1 = L/lam - 1
+          (measured: 6 iterations to a 1e-10 relative residual for kappa = 100, d = 20, n = 5).
+
+        The same happens with n >= dim whenever lam kappa >= 1: then mu = lam, so H_i's lowest eigenvalue (the
+        whole lowest cluster, for ``"clustered"``) is 0 and GD sees L over the next value: kappa^((d-2)/(d-1))
+        for the geometric spectrum, kappa^((distinct-2)/(distinct-1)) for the clustered one (CG still sees all
+        ``distinct`` values). With lam kappa < 1, L = 1 and mu = 1/kappa > lam: H_i is positive definite and
+        GD sees kappa itself.
 
         kappa must be in [1, 1e12]: the matrices carry float64 rounding errors of about
         eps * L * sqrt(dim) (eps = 2.2e-16), so mu = L/kappa is meaningful only far above that, and
@@ -187,6 +234,7 @@ class LinearMetaRegression(BilevelProblem):
                 f"with n_train ({n_train}) < dim ({dim}) the training Hessian is singular, "
                 "so the condition number is infinite unless lam > 0; got lam = 0"
             )
+        distinct = _check_spectrum(spectrum, distinct, dim, n_train, kappa)
         high = lam * kappa if n_train < dim else max(1.0, lam * kappa)
         if not n_train * high <= MAX_SCALE:  # also catches lam * kappa = inf
             raise ValueError(
@@ -198,9 +246,15 @@ class LinearMetaRegression(BilevelProblem):
         gen = torch.Generator().manual_seed(seed)
         w_mean = torch.randn(dim, generator=gen, dtype=torch.float64)
         rank = min(n_train, dim)
+        if spectrum == "clustered":
+            values = clustered_spectrum(dim, low, high, distinct, at_low=dim - rank)
+        elif spectrum == "uniform":
+            values = uniform_spectrum(dim, low, high)
+        else:
+            values = condition_spectrum(dim, low, high)
         X_tr, y_tr, X_val, y_val = [], [], [], []
         for _ in range(n_tasks):
-            g = condition_spectrum(dim, low, high)
+            g = values.clone()
             if n_train < dim:
                 g[: dim - n_train] = low
             e = (g - lam).clamp_min(0.0)[dim - rank :]
@@ -220,6 +274,7 @@ class LinearMetaRegression(BilevelProblem):
                 f"training rows (entries of size sqrt(L)) or targets overflow it; use float64 or a smaller lam"
             )
         meta = {"source": "generate", "kappa": kappa, "seed": seed, "task_std": task_std, "noise_std": noise_std}
+        meta.update(spectrum=spectrum, distinct=distinct)
         return cls(*data, lam=lam, meta=meta)
 
     # ------------------------------------------------------------------ objectives
@@ -401,6 +456,33 @@ class LinearMetaRegression(BilevelProblem):
             "exact_optimum", torch.linalg.pinv(M, hermitian=True) @ rhs, "theta* = pinv(meta_hessian) rhs"
         )
         return theta_star, self.meta_objective(theta_star)
+
+
+def _check_spectrum(spectrum, distinct, dim: int, n_train: int, kappa: float) -> int | None:
+    """``distinct`` checked against ``spectrum`` (one of SPECTRA), dim, n_train and kappa; errors name the parameter."""
+    if not isinstance(spectrum, str) or spectrum not in SPECTRA:
+        raise ValueError(f"spectrum must be one of {list(SPECTRA)}, got {spectrum!r}")
+    if spectrum != "clustered":
+        if distinct is not None:
+            raise ValueError(
+                f"distinct applies only to spectrum='clustered' (got distinct={distinct!r} with "
+                f"spectrum={spectrum!r}); spectrum='clustered' with distinct = dim is the geometric spectrum"
+            )
+        return None
+    if distinct is None:
+        raise ValueError(f"spectrum='clustered' needs distinct (the number of distinct eigenvalues) in [1, {dim}]")
+    distinct = check_int("distinct", distinct, low=1, high=dim)
+    if kappa == 1.0 and distinct != 1:
+        raise ValueError(f"distinct must be 1 when kappa = 1 (every eigenvalue equals mu), got distinct = {distinct}")
+    if kappa != 1.0 and distinct == 1:
+        raise ValueError(f"distinct = 1 (one eigenvalue) needs kappa = 1, got kappa = {kappa:g}; use [2, {dim}]")
+    if n_train < dim and distinct > n_train + 1:
+        raise ValueError(
+            f"distinct must be in [2, n_train + 1 = {n_train + 1}] when n_train ({n_train}) < dim ({dim}): G_i has "
+            f"the eigenvalue lam on the {dim - n_train} null directions of H_i and at most n_train more values; "
+            f"got distinct = {distinct}"
+        )
+    return distinct
 
 
 def _per_task(value: torch.Tensor, rows) -> torch.Tensor:

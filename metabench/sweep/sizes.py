@@ -1,8 +1,8 @@
 """Named problem sizes, typed once: what the presets, ``metabench profile`` and the asv suites build.
 
 ``STANDARD[problem]`` holds the generator parameters of the standard instance of each problem (the
-closed-form problems small enough that a sweep of hundreds of cases takes minutes on 2 cores; the
-few-shot workload the 5-way 5-shot / 15-query conv4-64 net of MAML's Omniglot setup, 4 tasks).
+closed-form problems small enough that a sweep of hundreds of cases takes minutes on 2 cores; for the
+few-shot problem 5-way 5-shot / 15-query tasks on metabench's conv4-64 with max-pooling, 4 tasks).
 ``problem_case(name, **overrides)`` gives a flat sweep case on it.
 """
 
