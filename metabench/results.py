@@ -23,7 +23,10 @@ plain JSON Lines file (``pandas.read_json(path, lines=True)`` reads it) with the
 - Records of another schema version are never mixed in: readers skip them with one warning per file,
   and a writer refuses to open (ValueError) a store that holds any, so a sweep never resumes into it.
 
-``load_records`` gives a pandas DataFrame in one call.
+``load_records`` gives a pandas DataFrame in one call. A store may also be kept gzip-compressed
+(``<store>.jsonl.gz``, e.g. the records committed beside a report): readers decompress it and parse its
+lines exactly as a plain store's (a stream that ends early or is corrupt is reported and the lines before it
+read); writers append to plain ``.jsonl`` files only.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import json
 import math
 import os
 import warnings
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -288,18 +292,63 @@ def _report(problems: Iterable[ReadProblem], into: list | None, warn: bool, stac
             warnings.warn(str(problem), StoreWarning, stacklevel=stacklevel)
 
 
+_GZIP_SUFFIX = ".gz"
+_GZIP_CHUNK = 1 << 16
+
+
+def _gunzip(data: bytes) -> tuple[bytes, str | None]:
+    """The bytes of a gzip file (all its members) and None, or the bytes decoded before a fault and why.
+
+    Decompressed a chunk at a time, so the bytes before a corrupt or missing part are kept.
+    """
+    out: list[bytes] = []
+    rest = data
+    while rest:
+        stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # a gzip header and trailer
+        consumed = 0
+        try:
+            while consumed < len(rest) and not stream.eof:
+                out.append(stream.decompress(rest[consumed : consumed + _GZIP_CHUNK]))
+                consumed += _GZIP_CHUNK
+        except zlib.error as exc:
+            return b"".join(out), f"not a readable gzip stream ({exc})"
+        if not stream.eof:
+            out.append(stream.flush())
+            return b"".join(out), "the gzip stream ends early (a truncated file?)"
+        rest = stream.unused_data + rest[consumed:]  # the next member, if any
+        if rest and not rest.strip(b"\0"):  # zero padding after the last member (tape, some tools)
+            break
+    return b"".join(out), None
+
+
+def _store_bytes(path: Path) -> tuple[bytes, str | None]:
+    """The JSON Lines bytes of a store file, decompressed for ``*.gz``; and why the rest could not be read."""
+    data = path.read_bytes()
+    return _gunzip(data) if path.name.endswith(_GZIP_SUFFIX) else (data, None)
+
+
 def read_records(path: str | os.PathLike, *, problems: list | None = None, warn: bool = True) -> list[dict]:
     """The records of a JSON Lines store in write order, each case id once, without writing.
 
     Lines that are not records of this schema version are set aside: each is reported as a ``StoreWarning``
     (unless ``warn`` is false) and, when ``problems`` is a list, appended to it as a ``ReadProblem``. A torn
     last line (a writer mid-append) is ignored silently; a complete last record without its newline is read.
+
+    A ``*.jsonl.gz`` file is decompressed and read line by line the same way. Nobody appends to a compressed
+    store, so there a last line that is not JSON is reported rather than ignored, and so is a gzip stream that
+    is corrupt or ends early (the lines before the fault are read).
     """
     path = Path(path)
     if not path.exists():
         return []
+    data, fault = _store_bytes(path)
     scan = _Scan(path)
-    records, found = scan.feed(path.read_bytes(), final=True)
+    records, found = scan.feed(data, final=fault is None)
+    compressed = path.name.endswith(_GZIP_SUFFIX)
+    if compressed and fault is None and scan.offset < len(data) and _decode(data[scan.offset :])[1] is not None:
+        found.append(ReadProblem(str(path), scan.lineno + 1, "an unfinished last line in a compressed store"))
+    if fault is not None:
+        found.append(ReadProblem(str(path), None, f"{fault}; read the {scan.lineno} complete lines before it"))
     if scan.versions:
         found.append(ReadProblem(str(path), None, _versions_message(scan.versions)))
     _report(found, problems, warn)
@@ -471,11 +520,30 @@ class ResultsStore:
             return
 
 
+def _store_files(folder: Path) -> tuple[list[Path], list[ReadProblem]]:
+    """The stores in ``folder`` (``*.jsonl`` and ``*.jsonl.gz``, by name), and the compressed copies left out.
+
+    Where both ``NAME.jsonl`` and ``NAME.jsonl.gz`` are there, only the plain file is read (reading both
+    would count each record twice); the compressed one is reported.
+    """
+    plain = {p.name for p in folder.glob("*.jsonl") if p.is_file()}
+    files, skipped = [], []
+    for p in sorted(list(folder.glob("*.jsonl")) + list(folder.glob("*.jsonl.gz")), key=lambda p: p.name):
+        if not p.is_file():
+            continue
+        if p.name.endswith(_GZIP_SUFFIX) and p.name[: -len(_GZIP_SUFFIX)] in plain:
+            reason = f"not read: {p.name[: -len(_GZIP_SUFFIX)]} beside it holds the same store uncompressed"
+            skipped.append(ReadProblem(str(p), None, reason))
+            continue
+        files.append(p)
+    return files, skipped
+
+
 def load_records(paths: str | os.PathLike | Iterable[str | os.PathLike], *, problems: list | None = None):
-    """Records from JSON Lines files (or folders of ``*.jsonl``) as one pandas DataFrame.
+    """Records from JSON Lines files (or folders of ``*.jsonl`` and ``*.jsonl.gz``) as one pandas DataFrame.
 
     Each file is read as ``read_records`` reads it (each case id once per file, bad lines set aside with a
-    warning and, when ``problems`` is a list, appended to it).
+    warning and, when ``problems`` is a list, appended to it). A folder's stores are read in name order.
     """
     import pandas as pd
 
@@ -484,7 +552,9 @@ def load_records(paths: str | os.PathLike | Iterable[str | os.PathLike], *, prob
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(p.glob("*.jsonl")))
+            found, skipped = _store_files(p)
+            files.extend(found)
+            _report(skipped, problems, warn=True)
         elif p.exists():
             files.append(p)
         else:

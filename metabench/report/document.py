@@ -1,10 +1,10 @@
 """A small document model rendered to Markdown and to self-contained HTML.
 
-Blocks are text paragraphs, tables (lists of rows) and figures (PNG + SVG files). Every string that
-comes from records is escaped: by ``md_text`` in Markdown (table cells, list items, the values of a
-``Text`` paragraph), by HTML entities in HTML. A plain ``str`` block is the report's own text and goes
-into Markdown as written. The HTML embeds its figures as base64 PNG, so the one file can be mailed or
-attached to a paper.
+Blocks are text paragraphs, headings within a section, links to files beside the report, tables (lists
+of rows) and figures (PNG + SVG files). Every string that comes from records is escaped: by ``md_text`` in
+Markdown (table cells, list items, the values of a ``Text`` paragraph or a ``Heading``), by HTML entities in
+HTML. A plain ``str`` block is the report's own text and goes into Markdown as written. The HTML embeds
+its figures as base64 PNG, so the one file can be mailed or attached to a paper.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Figure", "Report", "Section", "Table", "Text", "md_text"]
+__all__ = ["Figure", "Heading", "Link", "Report", "Section", "Table", "Text", "md_text"]
 
 
 _MD_ESCAPES = {
@@ -62,6 +62,23 @@ class Text:
 
 
 @dataclass
+class Heading(Text):
+    """A heading inside a section (level 3 by default), written like a ``Text``: own words, escaped values."""
+
+    level: int = 3
+
+
+@dataclass
+class Link:
+    """A paragraph linking a file beside the report (``href`` relative to it), in the report's own words."""
+
+    text: str
+    href: str
+    before: str = ""
+    after: str = ""
+
+
+@dataclass
 class Table:
     header: list[str]
     rows: list[list[object]]
@@ -77,7 +94,7 @@ class Figure:
 @dataclass
 class Section:
     title: str
-    blocks: list[str | Text | Table | Figure] = field(default_factory=list)
+    blocks: list[str | Text | Heading | Link | Table | Figure] = field(default_factory=list)
 
 
 @dataclass
@@ -100,9 +117,13 @@ class Report:
                     png = block.paths["png"].relative_to(relative_to).as_posix()
                     svg = block.paths["svg"].relative_to(relative_to).as_posix()
                     lines.append(f"![{md_text(block.caption)}]({png})")
-                    lines += ["", f"*{block.caption}* ([SVG]({svg}))"]
+                    lines += ["", f"*{md_text(block.caption)}* ([SVG]({svg}))"]
+                elif isinstance(block, Heading):
+                    lines.append("#" * block.level + " " + block.render(md_text))
                 elif isinstance(block, Text):
                     lines.append(block.render(md_text))
+                elif isinstance(block, Link):
+                    lines.append(f"{block.before}[{block.text}]({block.href}){block.after}")
                 else:
                     lines.append(block)
                 lines.append("")
@@ -137,6 +158,12 @@ class Report:
                     parts.append(
                         f'<figure><img alt="{e(block.caption)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{e(block.caption)}</figcaption></figure>"
+                    )
+                elif isinstance(block, Heading):
+                    parts.append(f"<h{block.level}>{e(block.render(str))}</h{block.level}>")
+                elif isinstance(block, Link):
+                    parts.append(
+                        f'<p>{e(block.before)}<a href="{e(block.href)}">{e(block.text)}</a>{e(block.after)}</p>'
                     )
                 else:
                     text = block.render(lambda v: str(v)) if isinstance(block, Text) else block
