@@ -249,7 +249,7 @@ def test_instruments_run_parameter_limits_the_passes_and_keeps_old_case_ids():
     assert memory_only["case_id"] != base["case_id"]
     # the default (None) is left out of the hash: ids written before the parameter existed still match
     assert base["case_id"] == case_id(
-        {k: v for k, v in base.items() if k not in ("instruments", "mode", "sweep", "case_id")}
+        {k: v for k, v in base.items() if k not in ("instruments", "mode", "truth", "sweep", "case_id")}
     )
 
 

@@ -365,7 +365,10 @@ def _measure_case(case: dict, record: dict, instruments) -> dict:
         result = prepared()
         record.update(result.counts.as_dict())
         record["task_chunk"] = result.info.get("task_chunk")
-        record.update(evaluate(problem, algorithm, theta, result.tasks, result.grad))
+        if case.get("truth", "auto") == "skip":
+            record.update(grad_norm=float(result.grad.norm()), truth_status="skipped: the case says truth = 'skip'")
+        else:
+            record.update(evaluate(problem, algorithm, theta, result.tasks, result.grad))
         del result
         if instruments:  # instruments = []: the counts and errors of the one call above are the record
             measures, _ = measure_call(

@@ -1,5 +1,6 @@
-"""Named sweeps: ``smoke`` (seconds), ``table1`` (iMAML's Table 1), ``bilevel`` (ITD-BiO / RM-MetaL setting),
-``training`` (meta-training trajectories of every algorithm family)."""
+"""Named sweeps: ``smoke`` (seconds), ``table1`` (iMAML's Table 1, from a least-compute plan), ``fig2a`` and
+``fig2b`` (iMAML's Figure 2), ``bilevel`` (ITD-BiO / RM-MetaL setting), ``training`` (meta-training trajectories of
+every algorithm family), ``few_shot_truth``, ``conv_memory`` and ``conv_checkpointed`` (networks)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ __all__ = ["PRESETS", "get_preset"]
 # thread keeps timings comparable across machines.
 _LINEAR = problem_case("linear_meta_regression", threads=1)
 _BILEVEL = problem_case("quadratic_bilevel", threads=1)
+
+#: inner steps of iMAML Figure 2a (dense enough on log axes to show where each curve flattens)
+_FIG2_STEPS = [1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000]
 
 PRESETS: dict[str, dict] = {
     "smoke": {
@@ -87,6 +91,65 @@ PRESETS: dict[str, dict] = {
                 "inner_steps": [5, 20],
                 "cg_iters": [5],
             },
+        ],
+    },
+    "fig2a": {
+        "name": "fig2a",
+        "description": (
+            "iMAML Figure 2a: relative error to the exact hypergradient vs inner GD steps, maml and imaml with 1, 2 "
+            "and 5 CG iterations, on linear meta-regression (4 tasks, dim 20, n_train 40, kappa 100, lam 1) with a "
+            "clustered spectrum (5 distinct eigenvalues: CG is exact in 5 iterations) and the geometric one (20 "
+            "distinct) for contrast"
+        ),
+        "defaults": {
+            **problem_case("linear_meta_regression", dim=20, n_train=40, n_val=40),
+            "kappa": 100.0,
+            "threads": 1,
+            "inner_lr": "auto",
+            "instruments": [],
+        },
+        "grid": [
+            {"spectrum": ["clustered"], "distinct": [5], "algorithm": ["maml"], "inner_steps": _FIG2_STEPS},
+            {
+                "spectrum": ["clustered"],
+                "distinct": [5],
+                "algorithm": ["imaml"],
+                "cg_iters": [1, 2, 5],
+                "inner_steps": _FIG2_STEPS,
+            },
+            {"spectrum": ["geometric"], "algorithm": ["maml"], "inner_steps": _FIG2_STEPS},
+            {"spectrum": ["geometric"], "algorithm": ["imaml"], "cg_iters": [1, 2, 5], "inner_steps": _FIG2_STEPS},
+        ],
+    },
+    "fig2b": {
+        "name": "fig2b",
+        "description": (
+            "iMAML Figure 2b: peak memory vs inner steps (1..25) of maml, fomaml and imaml (5 CG iterations, "
+            "damping 50: the BatchNorm nets' inner Hessian is indefinite) on ONE 20-way 5-shot Omniglot-shaped "
+            "task, lam 2, float32, with both conv4-64 nets (max-pool; stride-2 as iMAML's code); memory only, no "
+            "reference errors"
+        ),
+        "defaults": {
+            **problem_case("few_shot_classification", n_tasks=1),
+            "ways": 20,
+            "shots": 5,
+            "query": 5,
+            "formulation": "maml",
+            "lam": 2.0,
+            "dtype": "float32",
+            "inner_lr": 0.1,
+            "cg_iters": 5,
+            "damping": 50.0,
+            "instruments": ["memory"],
+            "truth": "skip",
+            "threads": 1,
+        },
+        "grid": [
+            {
+                "algorithm": ["maml", "fomaml", "imaml"],
+                "downsample": ["maxpool", "stride"],
+                "inner_steps": [1, 5, 10, 15, 20, 25],
+            }
         ],
     },
     "conv_memory": {

@@ -7,7 +7,8 @@ sweep is the union of its blocks, without duplicates. A case has three kinds of 
 - run parameters (``RUN_DEFAULTS``): algorithm, problem, device, dtype, seed, task_batch, theta,
   min_run_time (seconds of timed runs), threads (torch intra-op threads; None keeps torch's default),
   instruments (a list of "time", "memory", "flops"; None for all three; [] for none: the oracle counts and
-  errors of one call only),
+  errors of one call only), truth ("auto": errors against the problem's truth; "skip": none, for a
+  memory-only sweep on a network where the float64 references cost more than the measurements),
   mode (``"hypergradient"``: measure one hypergradient; ``"train"``: run ``metabench.train`` and
   keep the trajectory), and for training cases only (``TRAIN_DEFAULTS``) outer_steps, outer_lr
   (a float, or ``"auto"`` = 1/L_F, L_F the largest eigenvalue of the meta-objective's Hessian)
@@ -54,16 +55,20 @@ RUN_DEFAULTS: dict[str, Any] = {
     "threads": None,
     "mode": "hypergradient",
     "instruments": None,
+    "truth": "auto",
 }
 #: Run parameters added after the first records were written: left out of the case_id at their default
 #: value, so stores written before them keep resuming.
-_LATER_RUN_KEYS = ("mode", "instruments")
+_LATER_RUN_KEYS = ("mode", "instruments", "truth")
 #: Run parameters of training cases (``mode = "train"``) only; dropped from hypergradient cases.
 TRAIN_DEFAULTS: dict[str, Any] = {"outer_steps": 50, "outer_lr": "auto", "optimizer": "sgd"}
 MODES = ("hypergradient", "train")
 AUTO = "auto"
 DTYPES = ("float32", "float64")
 THETAS = ("random", "zeros")
+#: "auto": judge every record against the truth its problem has; "skip": no errors (a memory-only sweep on a
+#: network, where the float64 references would cost more than the measurements)
+TRUTHS = ("auto", "skip")
 #: the longest min_run_time a case may ask for (seconds)
 MAX_RUN_TIME = 3600.0
 
@@ -110,6 +115,8 @@ def _run_problems(run: dict[str, Any]) -> list[str]:
         t = run["min_run_time"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t <= MAX_RUN_TIME):
             problems.append(f"min_run_time must be a number of seconds in (0, {MAX_RUN_TIME:g}], got {t!r}")
+    if run["truth"] not in TRUTHS:
+        problems.append(f"truth must be one of {list(TRUTHS)}, got {run['truth']!r}")
     chosen = run["instruments"]
     if chosen is not None:
         if not isinstance(chosen, list) or not all(isinstance(i, str) for i in chosen):
