@@ -273,3 +273,61 @@ def test_a_device_this_machine_lacks_is_a_skipped_record(device):
     record = run_case(tiny_sweep(algorithm=["maml"], inner_steps=[1], device=[device]).cases()[0])
     assert record["status"] == "skipped" and "not available on this machine" in record["error"]
     assert len(record["error"]) < 400  # one readable line, not the backend's operator table
+
+
+CRASHING_RUN = """
+import os, sys
+import metabench.sweep.runner as runner
+from metabench.sweep import Sweep, run_sweep
+
+sweep = Sweep.from_file(sys.argv[1])
+victim = sweep.cases()[int(sys.argv[3])]["case_id"]
+real = runner.run_case
+
+
+def run_case(case, *args, **kwargs):
+    if case["case_id"] == victim:
+        os._exit(139)  # what a segmentation fault does to the process: no exception, no cleanup
+    return real(case, *args, **kwargs)
+
+
+runner.run_case = run_case
+run_sweep(sweep, sys.argv[2], progress=False)
+"""
+
+
+def test_a_case_that_kills_the_process_twice_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
+    config = tmp_path / "crash.toml"
+    config.write_text(
+        'name = "crash"\n[defaults]\nproblem = "linear_meta_regression"\nn_tasks = 2\ndim = 3\nn_train = 6\n'
+        "n_val = 3\nkappa = 2.0\nlam = 1.0\nmin_run_time = 0.001\ninstruments = []\n"
+        '[[grid]]\nalgorithm = ["maml"]\ninner_steps = [1, 2, 3, 4]\n'
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-c", CRASHING_RUN, str(config), str(out), "2"]  # case 2 "segfaults"
+    for _ in range(2):
+        assert subprocess.run(command, env=env, capture_output=True).returncode == 139
+    ids_before = [r["case_id"] for r in read_records(out / "crash.jsonl")]
+    assert len(ids_before) == 2  # cases 0 and 1; the run died at case 2 both times
+    summary = run_sweep(Sweep.from_file(config), out, progress=False)  # a plain rerun, no crash hook
+    records = {r["case_id"]: r for r in read_records(out / "crash.jsonl")}
+    victim = Sweep.from_file(config).cases()[2]["case_id"]
+    assert len(records) == 4 and summary.ran == 2
+    assert records[victim]["status"] == "failed" and "died 2 times" in records[victim]["error"]
+    assert all(r["status"] == "ok" for cid, r in records.items() if cid != victim)
+    assert not (out / "crash.jsonl.inflight").exists()  # nothing left in flight
+
+
+def test_one_death_is_retried(tmp_path):
+    """A single death may be a kill from outside: the rerun measures the case."""
+    config = tmp_path / "once.toml"
+    config.write_text(
+        'name = "once"\n[defaults]\nproblem = "linear_meta_regression"\nn_tasks = 2\ndim = 3\nn_train = 6\n'
+        'n_val = 3\nkappa = 2.0\nlam = 1.0\ninstruments = []\n[[grid]]\nalgorithm = ["maml"]\ninner_steps = [1, 2]\n'
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    assert subprocess.run([sys.executable, "-c", CRASHING_RUN, str(config), str(out), "1"], env=env).returncode == 139
+    run_sweep(Sweep.from_file(config), out, progress=False)
+    assert [r["status"] for r in read_records(out / "once.jsonl")] == ["ok", "ok"]

@@ -69,6 +69,10 @@ class MAMLCheckpointed(UnrolledAlgorithm):
                 f"{self.inner!r} says its step is not a function of its state alone (checkpointable = False)"
             )
 
+    def graph_depth(self) -> int:
+        """One recomputed segment at a time, plus one node per segment boundary."""
+        return self.segment_length() + -(-self.inner_steps // self.segment_length())
+
     def segment_length(self) -> int:
         """C, the inner steps per recomputed segment (the last one may be shorter)."""
         c = self.checkpoint_every

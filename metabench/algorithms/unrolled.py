@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from metabench.algorithms.base import Algorithm, Computed
+from metabench.algorithms.deep_graph import call_with_stack
 from metabench.solvers import GradientDescent
 
 __all__ = ["UnrolledAlgorithm"]
@@ -26,6 +27,10 @@ class UnrolledAlgorithm(Algorithm):
         """T, the number of final inner steps back-propagated."""
         return self.inner_steps
 
+    def graph_depth(self) -> int:
+        """Inner steps held in one autograd graph at once (what freeing the graph recurses through)."""
+        return self.backprop_steps()
+
     def differentiated_objective(self) -> dict | None:
         if self.first_order or not isinstance(self.inner, GradientDescent):
             return None
@@ -33,7 +38,8 @@ class UnrolledAlgorithm(Algorithm):
 
     def _compute(self, oracle, theta, state) -> Computed:
         run = self._first_order if self.first_order else self._backprop
-        grad, phi = run(oracle, theta)
+        depth = 0 if self.first_order else self.graph_depth()
+        grad, phi = call_with_stack(lambda: run(oracle, theta), depth)  # a deep graph is freed on a deep stack
         return Computed(grad=grad, phi=phi, info={"backprop_steps": 0 if self.first_order else self.backprop_steps()})
 
     def _backprop(self, oracle, theta):

@@ -48,6 +48,7 @@ from metabench.vmap_check import verify_vmap
 __all__ = [
     "CaseNotApplicable",
     "InvalidCase",
+    "crashed_record",
     "PreparedCase",
     "build_problem",
     "inner_grad_peak_bytes",
@@ -247,6 +248,17 @@ def run_case(case: dict, instruments=("time", "memory", "flops")) -> dict:
     finally:
         torch.set_num_threads(previous)
     return record | _provenance() | _stamp()
+
+
+def crashed_record(case: dict, deaths: int) -> dict:
+    """The ``failed`` record of a case that was in flight when ``deaths`` runs died (see ``sweep.runner``)."""
+    record = _base_record(case)
+    text = (
+        f"the process died {deaths} times while running this case (a crash inside a library, such as a "
+        "segmentation fault, or the kernel's out-of-memory killer): recorded as failed so the sweep goes on; "
+        "delete this record from the store to try the case again"
+    )
+    return record | {"status": "failed", "error": text} | _provenance() | _stamp()
 
 
 @dataclass
