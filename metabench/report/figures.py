@@ -471,6 +471,15 @@ def _finish(grid, handles: dict, order: list[str], title: str):
     return grid.figure
 
 
+def _tick(value: float) -> str:
+    """A log-axis tick label short enough for neighbours not to collide: 316, 3.2e3, 1e4."""
+    if value < 1000 or not math.isfinite(value):
+        return _num(value)
+    exponent = int(math.floor(math.log10(value)))
+    mantissa = float(f"{value / 10**exponent:.2g}")
+    return f"{mantissa:g}e{exponent}" if mantissa != 1 else f"1e{exponent}"
+
+
 def _log_ticks(axes, axis: str, values) -> None:
     """Log scale with ticks at the measured values (decades where there are too many of them)."""
     ticks = sorted(set(v for v in _finite(values) if v > 0))
@@ -479,7 +488,7 @@ def _log_ticks(axes, axis: str, values) -> None:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
         if 0 < len(ticks) <= _MAX_FIXED_TICKS:
             which.set_major_locator(FixedLocator(ticks))
-            which.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+            which.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
             which.set_minor_locator(NullLocator())
 
 

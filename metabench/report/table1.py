@@ -51,11 +51,19 @@ def _kappa_range(row) -> str:
     return f"{low:g}..{high:g}"
 
 
+def _count(value) -> int | None:
+    try:
+        return None if value is None or not math.isfinite(float(value)) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _cg(row) -> str:
-    if row is None or row["cg_at_largest"] is None:
+    m, dim = (None, None) if row is None else (_count(row["cg_at_largest"]), _count(row["dim"]))
+    if m is None:
         return "-"
-    text = f"{row['cg_at_largest']} of {row['dim']}" if row["dim"] else str(row["cg_at_largest"])
-    if row["dim"] and row["cg_at_largest"] >= row["dim"]:
+    text = f"{m} of {dim}" if dim else str(m)
+    if dim and m >= dim:
         text += " (capped: CG ends by exhausting the dimension)"
     return text
 
