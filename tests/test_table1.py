@@ -227,3 +227,14 @@ def test_fewer_than_three_kappas_are_explained_not_dropped():
     rows = [_record("maml", "gd", k, 10, 0.05) for k in (10.0, 100.0)]
     section = table1_section(pd.DataFrame(rows))
     assert section is not None and "needs at least 3" in str(section.blocks[0])
+
+
+def test_records_whose_growth_cannot_tell_sqrt_kappa_from_kappa_are_inconclusive():
+    """Three kappas whose least compute zigzags: the fitted interval spans 0.5 and 1, so no verdict but that."""
+    rows = []
+    for kappa, K in ((10.0, 10), (100.0, 120), (1000.0, 200)):
+        rows += [_record("maml", "nesterov", kappa, K - 1, 0.2), _record("maml", "nesterov", kappa, K, 0.09)]
+    fits = table1(pd.DataFrame(rows), targets=(0.1,))
+    row = fits.iloc[0]
+    assert row["ci_low"] < 0.5 and row["ci_high"] > 1.0
+    assert row["verdict"] == "inconclusive" and row["agrees"] is None

@@ -232,6 +232,23 @@ def _distinguish(data: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, pd.Ser
     return labels[0], labels[1]
 
 
+#: the sweep whose linear records are least-compute points found by search (``metabench/sweep/table1.py``): they
+#: are read in the Table 1 section, not drawn against K (three neighbouring K per point are no curve)
+SEARCH_SWEEP = "table1"
+
+
+def _without_search_points(scope: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    if "sweep" not in scope:
+        return scope
+    search = scope["sweep"] == SEARCH_SWEEP
+    if search.any():
+        notes.append(
+            f"The {_count(int(search.sum()), 'record')} of the {SEARCH_SWEEP} sweep (least-compute points, their "
+            "neighbours, floors and a memory block) are read in the Table 1 section, not drawn against K here."
+        )
+    return scope[~search]
+
+
 def _median_of_repeats(data: pd.DataFrame, keys: list[str], ys: list[str], notes: list[str]) -> pd.DataFrame:
     """One row per ``keys``: records that still coincide are repeats of one case; draw their median."""
     counts = data.groupby(keys, sort=False)[keys[0]].transform("size")
@@ -565,11 +582,11 @@ def error_vs_steps(records: pd.DataFrame) -> Plot | None:
 
     One panel per kappa (columns) and per inner solver and problem setting (rows), on linear meta-regression.
     """
-    linear = _linear(records)
+    notes: list[str] = []
+    linear = _without_search_points(_linear(records), notes)
     scope = linear[linear["algorithm"].isin(["maml", "imaml"])]
     if scope.empty or "rel_error_exact" not in scope:
         return None
-    notes: list[str] = []
     _status_note(scope, notes)
     data = _measured(_ok(scope), "rel_error_exact", "an exact error", notes)
     if data.empty:
@@ -633,10 +650,10 @@ def compute_memory_vs_steps(records: pd.DataFrame) -> Plot | None:
     Every algorithm measured there, one curve per truncation T, CG count and Neumann terms N; a column per
     measure, rows by inner solver (and kappa, unless compute and memory were checked to agree across it).
     """
-    scope = _linear(records)
+    notes: list[str] = []
+    scope = _without_search_points(_linear(records), notes)
     if scope.empty:
         return None
-    notes: list[str] = []
     _status_note(scope, notes)
     data = _ok(scope)
     if "oracle_calls" not in data:
