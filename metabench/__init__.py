@@ -41,6 +41,8 @@ _LAZY = {
     "QuadraticBilevel": "metabench.problems",
     "TrainResult": "metabench.train",
     "train": "metabench.train",
+    "Verdict": "metabench.certify",
+    "certify": "metabench.certify",
 }
 
 __all__ = [
@@ -53,8 +55,10 @@ __all__ = [
     "QuadraticBilevel",
     "SolverBreakdown",
     "TrainResult",
+    "Verdict",
     "__version__",
     "available_algorithms",
+    "certify",
     "get_algorithm",
     "train",
 ]
@@ -76,17 +80,25 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | submodules)
 
 
+#: Submodules that share their name with the function they export: the package attribute stays the function.
+_FUNCTION_MODULES = ("train", "certify")
+
+
 class _Package(_types.ModuleType):
-    """The package's module type: ``metabench.train`` stays the function.
+    """The package's module type: ``metabench.train`` and ``metabench.certify`` stay the functions.
 
     Importing the submodule ``metabench.train`` (as the sweep runner does) makes the import system bind
     the submodule on the package under the same name; this keeps the function there instead, as the eager
-    ``from metabench.train import train`` of earlier versions did.
+    ``from metabench.train import train`` of earlier versions did (``metabench.certify`` likewise).
     """
 
     def __setattr__(self, name: str, value) -> None:
-        if name == "train" and isinstance(value, _types.ModuleType) and value.__name__ == f"{__name__}.train":
-            value = getattr(value, "train", value)
+        if (
+            name in _FUNCTION_MODULES
+            and isinstance(value, _types.ModuleType)
+            and value.__name__ == f"{__name__}.{name}"
+        ):
+            value = getattr(value, name, value)
         super().__setattr__(name, value)
 
 

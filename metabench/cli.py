@@ -1,5 +1,5 @@
 """The ``metabench`` command: ``run`` a sweep, ``report`` on its records, ``compare`` two runs, ``export`` records,
-``profile`` one case, ``list`` what exists.
+``certify`` an outside meta-gradient function, ``profile`` one case, ``list`` what exists.
 
 Only the standard library is imported at the top: torch, pandas and the report modules are imported inside the
 command that needs them, so ``metabench --help``, ``metabench --version`` and ``metabench CMD --help`` answer at once.
@@ -248,6 +248,72 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_CERTIFY_EPILOG = """exit status:
+  0    the function computes what --claim says on every case (without --claim: it computes one candidate on
+       every case); with --memory, its memory also grows as claimed
+  1    it computes something else, different things on different cases, none of the candidates, or it raised
+       or returned NaN on a case (the sentence says which and the first case flagged)
+  2    bad input: no such file or function, a signature that fits neither shape, a required parameter
+       certification cannot fill (pass it with --hyper)
+
+shapes (see metabench.certify.shapes):
+  functional  meta_grad(theta, inner_loss, outer_loss, phi0, inner_steps, inner_lr, **hyper), one task
+  module      meta_grad(model, loss_fn, support, query, inner_steps, inner_lr, **hyper), an nn.Linear model
+"""
+
+
+def _certify(args: argparse.Namespace) -> int:
+    from metabench.certify import certify, load_function
+
+    hyper = {}
+    for item in args.hyper or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--hyper expects NAME=VALUE, got {item!r}")
+        hyper[key.strip()] = _parse_value(value.strip())
+    fn = load_function(args.target)
+    try:
+        verdict = certify(
+            fn,
+            args.claim,
+            shape=args.shape,
+            hyper=hyper,
+            iteration_param=args.iteration_param,
+            memory=args.memory,
+            measure_profile=not args.no_profile,
+        )
+    except TypeError as error:  # a signature that fits neither shape: bad input, not a crash
+        raise ValueError(str(error)) from None
+    print(("PASS: " if verdict.passed else "FAIL: ") + verdict.sentence)
+    for note in verdict.notes:
+        print(f"  {note}")
+    width = max(len(c.case.describe()) for c in verdict.cases)
+    for c in verdict.cases:
+        claimed = (
+            f"  error to {args.claim} {c.error_to(args.claim):.1e}"
+            if args.claim and c.error_to(args.claim) is not None
+            else ""
+        )
+        print(f"  case {c.index}: {c.case.describe():{width}s}  computes {c.label}{claimed}")
+    if verdict.profile and verdict.profile.get("status") == "ok":
+        p = verdict.profile
+        slope = f" ({p['memory_slope']:.0f} bytes per step)" if p["memory_growth"] == "linear" else ""
+        print(f"  memory in K = {p['inner_steps'][0]}..{p['inner_steps'][-1]}: {p['memory_growth']}{slope}")
+    if args.json:
+        text = verdict.to_json()
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if args.report:
+        out = Path(args.report)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "verdict.md").write_text(verdict.to_markdown())
+        (out / "verdict.json").write_text(verdict.to_json() + "\n")
+        print(f"report -> {out / 'verdict.md'}", file=sys.stderr)
+    return EXIT_OK if verdict.passed else EXIT_FAILED
+
+
 def _list(args: argparse.Namespace) -> int:
     from metabench.algorithms import available_algorithms, get_algorithm
     from metabench.problems import available_problems
@@ -438,6 +504,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     exp.add_argument("--out", required=True, metavar="FILE", help="the file to write (replaced whole)")
     exp.set_defaults(func=_export)
+
+    cert = sub.add_parser(
+        "certify",
+        help="which meta-gradient an outside function computes, against the closed forms; exits 1 if not the claim",
+        description=(
+            "Run MODULE:FUNCTION (a .py file or an importable module) on closed-form linear-meta-regression tasks\n"
+            "(float64 and float32, several shapes, kappa, K and step sizes) and say which meta-gradient it computes:\n"
+            "maml, truncated (and its T), fomaml, implicit (and whether its error falls with the iterations), zero,\n"
+            "or none of these; with its peak memory against K."
+        ),
+        epilog=_CERTIFY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cert.add_argument("target", metavar="MODULE:FUNCTION", help="e.g. examples/certify/maml.py:meta_grad")
+    cert.add_argument("--claim", choices=("maml", "truncated", "fomaml", "implicit"), help="what it should compute")
+    cert.add_argument(
+        "--shape", choices=("functional", "module"), help="its calling shape (default: from its parameters)"
+    )
+    cert.add_argument("--hyper", action="append", metavar="NAME=VALUE", help="a fixed extra parameter (repeatable)")
+    cert.add_argument(
+        "--iteration-param", default=None, metavar="NAME", help="its iteration count, if not cg_iters etc."
+    )
+    cert.add_argument("--memory", choices=("flat", "sqrt", "linear"), help="claimed peak-memory growth in K")
+    cert.add_argument("--no-profile", action="store_true", help="skip the memory and time profile against K")
+    cert.add_argument("--json", default=None, metavar="FILE", help="write the verdict as JSON ('-': stdout)")
+    cert.add_argument("--report", default=None, metavar="DIR", help="write DIR/verdict.md and DIR/verdict.json")
+    cert.set_defaults(func=_certify)
 
     lst = sub.add_parser("list", help="algorithms, problems and presets")
     lst.set_defaults(func=_list)

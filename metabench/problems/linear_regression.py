@@ -318,10 +318,16 @@ class LinearMetaRegression(BilevelProblem):
             return self._data[key][idx].double()
         return self.n_train if key == "train_rows" else self.n_val
 
-    def _quadratics(self, tasks=None):
-        """Per task, in float64: H, b (training), Hv, bv (validation), A = H + lam I.
+    def quadratics(self, tasks=None):
+        """Per task, in float64: ``(H, b, Hv, bv, A)``, the quadratics every closed form is built from.
 
-        H_i = X_tr'X_tr / n_i, b_i = X_tr'y_tr / n_i, Hv_i = X_val'X_val / m_i, bv_i = X_val'y_val / m_i."""
+        Lhat_i(phi) = 1/2 phi'H_i phi - b_i'phi + const and L_i(phi) = 1/2 phi'Hv_i phi - bv_i'phi + const, with
+        H_i = X_tr'X_tr / n_i, b_i = X_tr'y_tr / n_i, Hv_i = X_val'X_val / m_i, bv_i = X_val'y_val / m_i and
+        A_i = H_i + lam I the inner Hessian. Shapes (t, d, d) and (t, d) for the t tasks in ``tasks``."""
+        return self._quadratics(tasks)
+
+    def _quadratics(self, tasks=None):
+        """Per task, in float64: H, b (training), Hv, bv (validation), A = H + lam I (see :meth:`quadratics`)."""
         idx = self.task_index(tasks)
         X, y = self._data["X_tr"][idx].double(), self._data["y_tr"][idx].double()
         Xv, yv = self._data["X_val"][idx].double(), self._data["y_val"][idx].double()
