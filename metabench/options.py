@@ -45,6 +45,15 @@ def _flag(name: str, value: Any) -> bool:
     return value
 
 
+def _choice(*choices: str):
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
 def _inner_solver(name: str, value: Any) -> str | InnerSolver:
     if isinstance(value, InnerSolver):
         return value
@@ -71,6 +80,14 @@ OPTIONS: dict[str, Option] = {
     ),
     "task_chunk": Option(
         None, _optional(_int(low=1)), "tasks per autograd graph; None: the problem's default_task_chunk", "chunk"
+    ),
+    "features": Option(
+        "auto",
+        _choice("auto", "once", "recompute"),
+        "where phi is a head on theta's features: 'once' computes them once per task and runs the inner loop and "
+        "the solve on the head alone (the same meta-gradient); 'recompute' re-runs the backbone in every loss; "
+        "'auto': once where the problem has that structure",
+        "features",
     ),
     "truncate": Option(5, _int(low=1), "T, the last inner steps back-propagated (1..inner_steps)", "T"),
     "checkpoint_every": Option(

@@ -94,6 +94,8 @@ RECORD_FIELDS: dict[str, str] = {
     "n_tasks": "tasks in the problem",
     "task_batch": "tasks per hypergradient call",
     "task_chunk": "tasks per autograd graph within the call (the task_chunk option, resolved; null if not run)",
+    "features": "where phi is a head on theta's features: 'once' (backbone run once per task) or 'recompute' "
+    "(in every loss); null where the problem has no such structure or the case did not run",
     "device": "torch device of theta",
     "dtype": "float32 or float64",
     "seed": "seed of the problem and of theta",

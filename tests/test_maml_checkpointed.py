@@ -106,7 +106,7 @@ def test_counts_are_the_oracle_calls_made(problems, name, tasks, solver, monkeyp
     hg = alg.hypergradient(problem, theta_for(problem), tasks=tasks)
     assert hg.counts == mb.OracleCounts(inner_grads=2 * n * K, outer_grads=n, hvps=n * K, jvps=0)
     assert len(calls) * n == hg.counts.inner_grads  # forward K + recomputed K batched inner gradients
-    assert hg.info == {"backprop_steps": K, "checkpoint_every": 3, "segments": 3, "task_chunk": n}
+    assert hg.info == {"backprop_steps": K, "checkpoint_every": 3, "segments": 3, "task_chunk": n, "features": None}
 
 
 @pytest.mark.parametrize("steps,expected", [(0, 1), (1, 1), (2, 1), (3, 2), (7, 3), (20, 4), (50, 7), (100, 10)])

@@ -39,7 +39,7 @@ from metabench.solvers import InnerSolver, make_inner_solver
 __all__ = ["INNER_OPTIONS", "Algorithm", "Computed", "Option"]
 
 #: The options every algorithm takes.
-INNER_OPTIONS = pick("inner_steps", "inner_lr", "inner_solver", "momentum", "task_chunk")
+INNER_OPTIONS = pick("inner_steps", "inner_lr", "inner_solver", "momentum", "task_chunk", "features")
 
 
 @dataclass
@@ -119,8 +119,10 @@ class Algorithm(ABC):
             raise ValueError(f"{self.name} is stateless: pass state=None (got {type(state).__name__})")
         self.check_problem(problem)
         chunk = self.resolved_task_chunk(problem, theta, len(index))
-        result = self._accumulate(problem, theta.detach(), index, state, chunk)
+        features = self.features_form(problem)
+        result = self._accumulate(problem, theta.detach(), index, state, chunk, features == "once")
         result.info["task_chunk"] = chunk
+        result.info["features"] = features
         if not bool(torch.isfinite(result.grad).all()):
             raise DivergenceError(f"{self.name} produced a non-finite hypergradient")
         return result
@@ -130,8 +132,35 @@ class Algorithm(ABC):
         chunk = self.task_chunk if self.task_chunk is not None else problem.default_task_chunk(theta)
         return n_tasks if chunk is None else min(int(chunk), n_tasks)
 
-    def _accumulate(self, problem, theta, index: torch.Tensor, state, chunk: int) -> Hypergradient:
+    def features_form(self, problem: BilevelProblem) -> str | None:
+        """What ``features`` means on ``problem``: "once" or "recompute" where it has a feature head, None where
+        it has none (the option does not apply; "once" there is an error)."""
+        if not problem.has_feature_head:
+            if self.features == "once":
+                form = getattr(problem, "formulation", problem.family)
+                raise ValueError(
+                    f"{self.name}: features='once' needs a problem whose phi is a head on theta's features "
+                    f"(has_feature_head); {type(problem).__name__} ({form}) has none: use features='auto'"
+                    " or 'recompute'"
+                )
+            return None
+        return "recompute" if self.features == "recompute" else "once"
+
+    def _on_features(self, problem, theta, part: torch.Tensor, state):
+        """``_compute`` on the head's problem at the features of ``part``, then one backward through the backbone:
+        grad_theta = (dz/dtheta)' grad_z (``metabench.problems.few_shot.head``). Returns (Computed, counts)."""
+        theta_in = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            head = problem.feature_head(theta_in, part)
+        oracle = Oracle(head, part)
+        out = self._compute(oracle, head.features.detach().reshape(-1), state)
+        (grad,) = torch.autograd.grad(head.features, theta_in, grad_outputs=out.grad.view_as(head.features))
+        out.grad = grad.detach()
+        return out, oracle.counts
+
+    def _accumulate(self, problem, theta, index: torch.Tensor, state, chunk: int, once: bool = False) -> Hypergradient:
         """``_compute`` on consecutive chunks of ``index``, one oracle and graph at a time: grad = sum_j (n_j/n) grad_j.
+        With ``once``, each chunk's computation runs on its features (:meth:`_on_features`).
 
         The counts are the oracles' (summed), phi is stacked back in task order, a stateful algorithm's state
         is threaded through the chunks, and a numeric ``info`` entry keeps its largest value over chunks.
@@ -140,11 +169,15 @@ class Algorithm(ABC):
         parts = index.split(chunk) if chunk < n else (index,)
         grad, counts, phis, info = None, OracleCounts(), [], {}
         for part in parts:
-            oracle = Oracle(problem, part)
-            out = self._compute(oracle, theta, state)
+            if once:
+                out, used = self._on_features(problem, theta, part, state)
+            else:
+                oracle = Oracle(problem, part)
+                out = self._compute(oracle, theta, state)
+                used = oracle.counts
             weighted = out.grad if len(parts) == 1 else out.grad * (len(part) / n)
             grad = weighted if grad is None else grad + weighted
-            counts = counts + oracle.counts
+            counts = counts + used
             phis.append(out.phi)
             state = out.state
             for key, value in out.info.items():

@@ -82,6 +82,19 @@ class BilevelProblem(ABC):
     def describe(self) -> dict:
         """The problem's name and parameters, flat and JSON-friendly, for records."""
 
+    # ------------------------------------------------------------------ optional structure
+    @property
+    def has_feature_head(self) -> bool:
+        """True where g_i and f_i depend on theta only through features z_i(theta) of the task's inputs and phi is
+        a head on them: then :meth:`feature_head` gives the head's problem on fixed features."""
+        return False
+
+    def feature_head(self, theta: torch.Tensor, tasks: torch.Tensor) -> BilevelProblem:
+        """The head's bilevel problem for ``tasks`` whose theta is the features z(theta) (``.features``, with
+        their graph to ``theta``): g and f of the head equal this problem's g and f at theta. Only where
+        :attr:`has_feature_head`."""
+        raise NotImplementedError(f"{type(self).__name__} has no feature structure (has_feature_head is False)")
+
     # ------------------------------------------------------------------ helpers
     @property
     def dtype(self) -> torch.dtype:

@@ -179,6 +179,7 @@ def _base_record(case: dict) -> dict:
         "n_tasks": params.get("n_tasks"),
         "task_batch": case.get("task_batch"),
         "task_chunk": None,
+        "features": None,
         "device": case.get("device"),
         "dtype": case.get("dtype"),
         "seed": case.get("seed"),
@@ -377,6 +378,7 @@ def _measure_case(case: dict, record: dict, instruments) -> dict:
         result = prepared()
         record.update(result.counts.as_dict())
         record["task_chunk"] = result.info.get("task_chunk")
+        record["features"] = result.info.get("features")
         if case.get("truth", "auto") == "skip":
             record.update(grad_norm=float(result.grad.norm()), truth_status="skipped: the case says truth = 'skip'")
         else:

@@ -57,6 +57,7 @@ from metabench._checks import check_finite_tensor, check_real
 from metabench.errors import MetabenchError
 from metabench.problems.base import BilevelProblem
 from metabench.problems.few_shot import network
+from metabench.problems.few_shot.head import HeadProblem, backbone_features
 from metabench.problems.few_shot.options import DEFAULT_REG, FORMULATIONS, LOSSES, PATHS, check_choice
 from metabench.problems.few_shot.reference import ReferenceHypergradient
 from metabench.problems.few_shot.workloads import FewShotWorkloads
@@ -326,6 +327,50 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
         """
         path = self._forced_path or ("vmap" if self.path == "vmap" else self._resolve_path(theta))
         return None if path == "vmap" else 1
+
+    # ------------------------------------------------------------------ features once (bilevel formulation)
+    @property
+    def has_feature_head(self) -> bool:
+        """True in the bilevel formulation when the head's output is the network's output (checked once on the
+        first task: model(X) equals head(features(X))); then :meth:`feature_head` applies (:mod:`.head`)."""
+        if self.formulation != "bilevel":
+            return False
+        if "_head_is_last" not in self.__dict__:
+            theta = self.initial_theta()
+            initial = {k: v.to(device=theta.device, dtype=theta.dtype) for k, v in self._initial.items()}
+            weights = {**initial, **self._buffers_like(theta)}
+            X = self._data["X_support"][0].to(device=theta.device, dtype=theta.dtype)
+            with torch.no_grad():
+                out = network.forward(self._model, weights, X)
+                z = backbone_features(self._model, weights, X, self.head)
+                w = {name: weights[name] for name in self.phi_names}
+                head_out = torch.nn.functional.linear(z, w[f"{self.head}.weight"], w.get(f"{self.head}.bias"))
+            tol = 1e3 * torch.finfo(out.dtype).eps * (1.0 + float(out.abs().max()))
+            self._head_is_last = head_out.shape == out.shape and float((head_out - out).abs().max()) <= tol
+        return self._head_is_last
+
+    def feature_head(self, theta: torch.Tensor, tasks: torch.Tensor) -> HeadProblem:
+        """The head's problem on the backbone features of ``tasks`` at theta (their graph kept): see :mod:`.head`."""
+        if not self.has_feature_head:
+            raise ValueError(
+                "features='once' needs the bilevel formulation with the head as the network's last operation "
+                f"(formulation={self.formulation!r}, head={self.head!r}); use features='recompute'"
+            )
+        d = self.batch_data(theta, tasks)
+        buffers = self._buffers_like(theta)
+        zero_head = network.views(theta.new_zeros(self.phi_shape), self._phi_spec)
+        weights = {**network.views(theta, self._theta_spec), **zero_head, **buffers}
+        feats = [
+            torch.cat(
+                [
+                    backbone_features(self._model, weights, X_s, self.head),
+                    backbone_features(self._model, weights, X_q, self.head),
+                ]
+            )
+            for X_s, X_q in zip(d["X_support"].unbind(0), d["X_query"].unbind(0))
+        ]
+        labels = {"y_support": d["y_support"], "y_query": d["y_query"]}
+        return HeadProblem(self, torch.stack(feats), tasks, labels)
 
     # ------------------------------------------------------------------ vmap vs loop
     @contextlib.contextmanager
