@@ -93,6 +93,25 @@ OPTIONS: dict[str, Option] = {
     "checkpoint_every": Option(
         None, _optional(_int(low=1)), "C, inner steps per recomputed segment; None: round(sqrt(K))", "C"
     ),
+    "schedule": Option(
+        "sqrt",
+        _choice("sqrt", "revolve", "every_step"),
+        "checkpoint schedule of maml_checkpointed: 'sqrt' segments, 'revolve' (binomial), 'every_step'",
+        "schedule",
+    ),
+    "snapshots": Option(None, _optional(_int(low=1)), "s, states the revolve schedule stores; None: ceil(log2 K)", "s"),
+    "snapshot_memory": Option(
+        None,
+        _optional(_real(low=0.0, low_open=True)),
+        "bytes the revolve schedule may store states in (s = budget // one state's bytes); None: use snapshots",
+        "budget",
+    ),
+    "hvp": Option(
+        "reverse",
+        _choice("reverse", "reverse_rebuild", "forward_over_reverse", "reverse_over_forward"),
+        "how the linear solver's Hessian-vector products are formed (metabench.oracle; checked by metabench.hvp_check)",
+        "hvp",
+    ),
     "linear_solver": Option(
         None, _linear_solver, "a LinearSolver instance; None: built from the flat options (cg_iters, ...)", "linear"
     ),

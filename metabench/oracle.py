@@ -17,6 +17,14 @@ n tasks and counts n, one per task:
 - ``inner_hvp(theta, phi, u)``: a Hessian-vector product at a point (an inner solver's Newton step)
   -> ``inner_grads`` + ``hvps``.
 
+**How a Hessian-vector product is formed** (``linearize(..., hvp=MODE)``, ``HVP_MODES``): ``"reverse"``
+(default) back-propagates u through the inner gradient's graph, built once at ``linearize`` and reused by
+every product (reverse over reverse); ``"reverse_rebuild"`` builds that graph again for each product;
+``"forward_over_reverse"`` is ``torch.func.jvp`` of ``torch.func.grad``; ``"reverse_over_forward"`` is
+``torch.func.grad`` of the directional derivative ``torch.func.jvp(g, phi, u)``. All compute d2g/dphi2 u
+in exact arithmetic; ``metabench.hvp_check`` checks each against "reverse" in float64 on a model before
+trusting it, and times them. Each product counts one ``hvps`` whatever the mode.
+
 ``inner_init`` (phi0(theta)) and the problem's shapes are read without counting. ``.counts`` is
 what was counted so far, as :class:`OracleCounts`.
 """
@@ -27,7 +35,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["Linearization", "Oracle", "OracleCounts"]
+__all__ = ["HVP_MODES", "HVP_TOL", "Linearization", "Oracle", "OracleCounts", "check_hvp_modes", "require_hvp_mode"]
+
+HVP_MODES = ("reverse", "reverse_rebuild", "forward_over_reverse", "reverse_over_forward")
+#: a mode agrees with reverse mode when its float64 relative error is below this (round-off is ~1e-12)
+HVP_TOL = 1e-8
 
 
 @dataclass(frozen=True)
@@ -116,15 +128,18 @@ class Oracle:
             loss = self._problem.outer_loss(theta, phi, self.tasks).sum()
             return torch.autograd.grad(loss, wrt, allow_unused=True)
 
-    def linearize(self, theta: torch.Tensor, phi: torch.Tensor) -> Linearization:
-        """The inner gradient at (theta, phi) with its graph, for products with the inner Hessian at phi."""
+    def linearize(self, theta: torch.Tensor, phi: torch.Tensor, hvp: str = "reverse") -> Linearization:
+        """The inner gradient at (theta, phi) with its graph, for products with the inner Hessian at phi
+        formed in mode ``hvp`` (module docstring)."""
+        if hvp not in HVP_MODES:
+            raise ValueError(f"hvp must be one of {list(HVP_MODES)}, got {hvp!r}")
         self._count("inner_grads")
         theta_in = theta.detach().requires_grad_(True)
         phi_in = phi.detach().requires_grad_(True)
         with torch.enable_grad():
             loss = self._problem.inner_loss(theta_in, phi_in, self.tasks)
             (grad,) = torch.autograd.grad(loss.sum(), phi_in, create_graph=True)
-        return Linearization(self, theta_in, phi_in, loss.detach(), grad)
+        return Linearization(self, theta_in, phi_in, loss.detach(), grad, hvp)
 
     def inner_hvp(self, theta: torch.Tensor, phi: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """d2g_i/dphi2 (theta, phi_i) u_i, stacked over tasks (one inner gradient and one product per task)."""
@@ -134,15 +149,30 @@ class Oracle:
 class Linearization:
     """The inner gradient at one point, kept with its graph: products with the inner Hessian there."""
 
-    def __init__(self, oracle: Oracle, theta: torch.Tensor, phi: torch.Tensor, loss: torch.Tensor, grad):
+    def __init__(self, oracle: Oracle, theta, phi, loss, grad, mode: str = "reverse"):
         self._oracle, self.theta, self.phi, self.loss, self.grad = oracle, theta, phi, loss, grad
+        self.mode = mode
+
+    def _g(self, phi: torch.Tensor) -> torch.Tensor:
+        """sum_i g_i(theta, phi_i) at the linearization's theta (held constant)."""
+        return self._oracle._problem.inner_loss(self.theta.detach(), phi, self._oracle.tasks).sum()
 
     def hvp(self, u: torch.Tensor) -> torch.Tensor:
-        """d2g_i/dphi2 u_i stacked over tasks (no graph kept)."""
+        """d2g_i/dphi2 u_i stacked over tasks (no graph kept), formed in this linearization's mode."""
         self._oracle._count("hvps")
+        u = u.detach()
         with torch.enable_grad():
-            (product,) = torch.autograd.grad(self.grad, self.phi, grad_outputs=u, retain_graph=True)
-        return product
+            if self.mode == "reverse":
+                (product,) = torch.autograd.grad(self.grad, self.phi, grad_outputs=u, retain_graph=True)
+            elif self.mode == "reverse_rebuild":
+                phi = self.phi.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self._g(phi), phi, create_graph=True)
+                (product,) = torch.autograd.grad(grad, phi, grad_outputs=u)
+            elif self.mode == "forward_over_reverse":
+                _, product = torch.func.jvp(torch.func.grad(self._g), (self.phi.detach(),), (u,))
+            else:  # reverse_over_forward
+                product = torch.func.grad(lambda p: torch.func.jvp(self._g, (p,), (u,))[1])(self.phi.detach())
+        return product.detach()
 
     def cross(self, v: torch.Tensor) -> torch.Tensor:
         """sum_i d2g_i/(dtheta dphi) v_i, theta's shape (zeros if g does not couple theta and phi)."""
@@ -152,3 +182,56 @@ class Linearization:
                 self.grad, self.theta, grad_outputs=v.detach(), retain_graph=True, allow_unused=True
             )
         return torch.zeros_like(self.theta) if product is None else product
+
+
+# ---------------------------------------------------------------------- is a mode right on this model?
+def hvp_point(problem, theta: torch.Tensor, seed: int):
+    """(tasks, phi, u): all tasks, phi0(theta) moved by 0.01 x noise, and a random direction (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    tasks = problem.task_index()
+    phi = problem.inner_init(theta, tasks).detach().clone()
+    phi = phi + 0.01 * torch.randn(phi.shape, generator=gen, dtype=torch.float64).to(phi)
+    u = torch.randn(phi.shape, generator=gen, dtype=torch.float64).to(phi)
+    return tasks, phi, u
+
+
+def check_hvp_modes(problem, theta: torch.Tensor, seed: int = 0, directions: int = 2) -> dict[str, dict]:
+    """Every mode against "reverse" in float64: ``{mode: {"rel_error", "agree", "error"}}``, the worst relative
+    error over ``directions`` random directions (agree: <= ``HVP_TOL``), or the exception a mode raised on this
+    model (``error``; rel_error None, agree False). torch 2.13, measured: "reverse_over_forward" is wrong through
+    ``F.batch_norm`` with batch statistics (the reverse derivative of its forward-mode tangent disagrees with
+    finite differences of that tangent), "forward_over_reverse" raises "ZeroTensors are immutable" on a ReLU MLP."""
+    if theta.dtype != torch.float64:
+        raise ValueError(f"the HVP check runs in float64 (round-off far below a wrong product); got {theta.dtype}")
+    tasks, phi, _ = hvp_point(problem, theta, seed)
+    ref_lin = Oracle(problem, tasks).linearize(theta, phi)
+    directions_u = [hvp_point(problem, theta, seed + 1 + d)[2] for d in range(directions)]
+    refs = [ref_lin.hvp(u) for u in directions_u]
+    out = {}
+    for mode in HVP_MODES:
+        try:
+            lin = Oracle(problem, tasks).linearize(theta, phi, hvp=mode)
+            worst = max(float((lin.hvp(u) - r).norm() / r.norm()) for u, r in zip(directions_u, refs))
+        except Exception as error:  # noqa: BLE001 - a mode torch cannot run here is a finding, not a crash
+            out[mode] = {"rel_error": None, "agree": False, "error": f"{type(error).__name__}: {error}".split("\n")[0]}
+            continue
+        out[mode] = {"rel_error": worst, "agree": worst <= HVP_TOL, "error": None}
+    return out
+
+
+def require_hvp_mode(problem, mode: str) -> None:
+    """Raise ValueError unless ``mode`` agrees with reverse mode on ``problem`` (checked once per problem, in
+    float64 at the problem's initial theta, or theta = 0; the verdict is cached on the problem)."""
+    if mode == "reverse":
+        return
+    cache = problem.__dict__.setdefault("_hvp_checks", {})
+    if mode not in cache:
+        start = problem.initial_theta() if hasattr(problem, "initial_theta") else torch.zeros(problem.theta_shape)
+        cache.update(check_hvp_modes(problem, start.detach().to(torch.float64)))
+    verdict = cache[mode]
+    if not verdict["agree"]:
+        why = verdict["error"] or f"relative error {verdict['rel_error']:.3g} to reverse mode in float64"
+        raise ValueError(
+            f"hvp={mode!r} does not compute the Hessian-vector product on this model ({why}); use hvp='reverse' "
+            "(python -m metabench.hvp_check tabulates every mode)"
+        )

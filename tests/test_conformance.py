@@ -215,8 +215,11 @@ DEFINED = {
     "itd_bio": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * K),
     "truncated": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * T),
     "fomaml": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n),
-    # the forward pass, then every segment recomputed once during the backward pass
-    "maml_checkpointed": lambda n: OracleCounts(inner_grads=2 * n * K, outer_grads=n, hvps=n * K),
+    # the forward pass, then every segment but the last (kept with its graph from the forward pass) recomputed
+    # once during the backward pass: segments of C = round(sqrt K), the last one L = K - C floor((K - 1)/C) long
+    "maml_checkpointed": lambda n: OracleCounts(
+        inner_grads=n * (2 * K - (K - round(K**0.5) * ((K - 1) // round(K**0.5)))), outer_grads=n, hvps=n * K
+    ),
     # K inner steps + the gradient at phi_K whose graph the products differentiate; one cross product
     "imaml": lambda n: OracleCounts(inner_grads=n * (K + 1), outer_grads=n, hvps=n * CG, jvps=n),
     "rm_metal": lambda n: OracleCounts(inner_grads=n * (K + 1), outer_grads=n, hvps=n * CG, jvps=n),

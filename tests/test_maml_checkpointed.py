@@ -10,6 +10,7 @@ import torch
 import metabench as mb
 from metabench.errors import DivergenceError
 from metabench.measure.memory import LiveTensorTracker
+from metabench.problems import FewShotClassification
 from tests.reference import rel_error
 
 F64 = torch.float64
@@ -104,9 +105,19 @@ def test_counts_are_the_oracle_calls_made(problems, name, tasks, solver, monkeyp
     monkeypatch.setattr(problem, "inner_loss", lambda *a, **k: calls.append(1) or inner_loss(*a, **k))
     alg = mb.get_algorithm("maml_checkpointed", inner_steps=K, inner_lr=lr_for(problem), inner_solver=solver)
     hg = alg.hypergradient(problem, theta_for(problem), tasks=tasks)
-    assert hg.counts == mb.OracleCounts(inner_grads=2 * n * K, outer_grads=n, hvps=n * K, jvps=0)
-    assert len(calls) * n == hg.counts.inner_grads  # forward K + recomputed K batched inner gradients
-    assert hg.info == {"backprop_steps": K, "checkpoint_every": 3, "segments": 3, "task_chunk": n, "features": None}
+    # forward K, then every segment but the last (run with its graph in the forward pass) recomputed: 3 + 3 of 3+3+1
+    assert hg.counts == mb.OracleCounts(inner_grads=n * (K + 6), outer_grads=n, hvps=n * K, jvps=0)
+    assert len(calls) * n == hg.counts.inner_grads
+    assert hg.info == {
+        "backprop_steps": K,
+        "schedule": "sqrt",
+        "checkpoint_every": 3,
+        "segments": 3,
+        "recompute_factor": 13 / 7,
+        "stored_states": 2,
+        "task_chunk": n,
+        "features": None,
+    }
 
 
 @pytest.mark.parametrize("steps,expected", [(0, 1), (1, 1), (2, 1), (3, 2), (7, 3), (20, 4), (50, 7), (100, 10)])
@@ -159,3 +170,78 @@ def test_peak_memory_grows_sublinearly(wide):
     assert ratio[20] <= 0.5
     assert ratio[50] < ratio[20]
     assert peak_bytes(wide, "maml_checkpointed", 20) == peak_bytes(wide, "maml_checkpointed", 20)  # deterministic
+
+
+# ---------------------------------------------------------------- checkpoint schedules
+SCHEDULES = [
+    {"schedule": "every_step"},
+    {"schedule": "revolve"},
+    {"schedule": "revolve", "snapshots": 1},
+    {"schedule": "revolve", "snapshots": 3},
+    {"schedule": "revolve", "snapshot_memory": 200.0},
+]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: "-".join(f"{v}" for v in s.values()))
+@pytest.mark.parametrize("steps", [1, 2, 5, 13])
+@pytest.mark.parametrize("solver", ["gd", "nesterov"])
+@pytest.mark.parametrize("name", ["linear", "bilevel"])
+def test_every_schedule_equals_maml_to_float64_rounding(problems, name, solver, steps, schedule):
+    problem = problems[name]
+    theta, lr = theta_for(problem), lr_for(problem)
+    plain = mb.get_algorithm("maml", inner_steps=steps, inner_lr=lr, inner_solver=solver).hypergradient(problem, theta)
+    alg = mb.get_algorithm("maml_checkpointed", inner_steps=steps, inner_lr=lr, inner_solver=solver, **schedule)
+    ckpt = alg.hypergradient(problem, theta)
+    assert rel_error(ckpt.grad, plain.grad) < 1e-12
+    assert rel_error(ckpt.phi, plain.phi) < 1e-13
+    n = problem.n_tasks
+    assert ckpt.counts.hvps == plain.counts.hvps == n * steps  # every step back-propagated once
+    assert ckpt.counts.inner_grads == round(ckpt.info["recompute_factor"] * steps) * n
+    assert ckpt.info["schedule"] == schedule["schedule"]
+
+
+def test_revolve_stores_its_snapshots_and_recomputes_more_with_fewer():
+    problem = mb.LinearMetaRegression.generate(n_tasks=1, dim=6, n_train=10, n_val=8, kappa=30.0, lam=0.2, seed=3)
+    theta, lr = theta_for(problem), lr_for(problem)
+    info = {}
+    for s in (1, 2, 4):
+        alg = mb.get_algorithm("maml_checkpointed", inner_steps=40, inner_lr=lr, schedule="revolve", snapshots=s)
+        info[s] = alg.hypergradient(problem, theta).info
+        assert info[s]["snapshots"] == s and info[s]["stored_states"] <= s
+    assert info[1]["recompute_factor"] > info[2]["recompute_factor"] > info[4]["recompute_factor"] > 1.0
+    # one state is 6 float64 = 48 bytes: a 100-byte budget holds 2
+    budget = mb.get_algorithm(
+        "maml_checkpointed", inner_steps=40, inner_lr=lr, schedule="revolve", snapshot_memory=100.0
+    )
+    assert budget.hypergradient(problem, theta).info["snapshots"] == 2
+
+
+def test_revolve_memory_stays_below_plain_maml_at_a_tenth_of_the_steps():
+    """Live-tensor peaks (exact bytes): revolve at K = 100 below plain maml at K = 10, on a few-shot conv net."""
+    problem = FewShotClassification.generate(
+        dataset="digits", ways=3, shots=2, query=2, n_tasks=1, filters=4, lam=1.0, dtype=torch.float64
+    )
+    theta = problem.initial_theta()
+
+    def peak(name, K, **options):
+        alg = mb.get_algorithm(name, inner_steps=K, inner_lr=0.05, **options)
+        with LiveTensorTracker() as tracker:
+            alg.hypergradient(problem, theta)
+        return tracker.peak_bytes
+
+    assert peak("maml_checkpointed", 100, schedule="revolve", snapshots=5) < peak("maml", 10)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"schedule": "revolve", "checkpoint_every": 3}, "checkpoint_every sets the sqrt schedule"),
+        ({"schedule": "sqrt", "snapshots": 3}, "snapshots and snapshot_memory set the revolve schedule"),
+        ({"schedule": "revolve", "snapshots": 3, "snapshot_memory": 1e6}, "not both"),
+        ({"schedule": "binomial"}, "schedule must be one of"),
+        ({"schedule": "revolve", "snapshots": 0}, "snapshots must be"),
+    ],
+)
+def test_schedule_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        mb.get_algorithm("maml_checkpointed", inner_steps=5, **options)

@@ -23,7 +23,7 @@ from metabench.solvers import cg
 __all__ = ["CG_OPTIONS", "IMAML"]
 
 #: the flat options of the default CG solver (and ``linear_solver``, an instance that replaces them)
-CG_OPTIONS = pick("linear_solver", "cg_iters", "cg_tol", "damping")
+CG_OPTIONS = pick("linear_solver", "cg_iters", "cg_tol", "damping", "hvp")
 
 
 @register

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from metabench.algorithms.base import Algorithm, Computed
+from metabench.oracle import require_hvp_mode
 from metabench.solvers import LinearSolver
 
 __all__ = ["ImplicitAlgorithm"]
@@ -56,6 +57,7 @@ class ImplicitAlgorithm(Algorithm):
         return super().describe() | self.linear.options
 
     def check_problem(self, problem) -> None:
+        require_hvp_mode(problem, self.hvp)  # a mode other than reverse runs only where it was checked right
         if not problem.inner_strongly_convex:
             detail = f" (lam = {problem.lam}; set lam > 0)" if hasattr(problem, "lam") else ""
             raise ValueError(
@@ -78,7 +80,7 @@ class ImplicitAlgorithm(Algorithm):
         theta_in, phi_in = theta.detach().requires_grad_(True), phi_K.detach().requires_grad_(True)
         grad_theta, grad_phi = oracle.outer_grad(theta_in, phi_in, wrt=(theta_in, phi_in))
         del theta_in, phi_in
-        at = oracle.linearize(theta, phi_K)
+        at = oracle.linearize(theta, phi_K, hvp=self.hvp)
         v, info = self.linear.solve(at.hvp, grad_phi.detach(), v0)
         cross = at.cross(v)
         grad = -cross if grad_theta is None else grad_theta.detach() - cross

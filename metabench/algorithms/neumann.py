@@ -19,7 +19,7 @@ __all__ = ["Neumann"]
 @register
 class Neumann(ImplicitAlgorithm):
     name = "neumann"
-    options_spec = INNER_OPTIONS | pick("linear_solver", "neumann_iters", "neumann_lr", "damping")
+    options_spec = INNER_OPTIONS | pick("linear_solver", "neumann_iters", "neumann_lr", "damping", "hvp")
     linear_options = ("neumann_iters", "neumann_lr", "damping")
 
     def default_linear_solver(self):
