@@ -194,3 +194,14 @@ def test_gitignore_keeps_report_records_and_ignores_top_level_results():
     assert ignored("results/smoke.jsonl")
     assert not ignored("reports/table1/results/table1.jsonl")
     assert not ignored("reports/table1/results/table1.jsonl.gz")
+
+
+def test_committed_structure_tables_rebuild_from_their_measurements(tmp_path):
+    """reports/structure/structure.md is what ``--from structure.json`` writes (the measurements are committed)."""
+    from metabench import structure_tables
+
+    folder = ROOT / "reports" / "structure"
+    if not (folder / "structure.json").is_file():
+        pytest.skip("reports/structure/ not committed")
+    structure_tables.main(["--from", str(folder / "structure.json"), "--out", str(tmp_path)])
+    assert (tmp_path / "structure.md").read_text() == (folder / "structure.md").read_text()

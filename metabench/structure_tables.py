@@ -1,0 +1,208 @@
+"""The tables of what structure buys on the conv4-64 workload: checkpoint schedules for exact MAML, and features
+computed once on the bilevel formulation. Measured, then written as ``structure.json`` (the measurements) and
+``structure.md`` (rebuilt from the JSON alone: ``--from reports/structure/structure.json``).
+
+Workload: 5-way 5-shot/15-query, conv4 with 64 filters and BatchNorm (batch statistics), float32, one task, SGD
+inner steps at lr 0.1, theta = the net's initial weights, one intra-op thread. Checkpointing: the MAML
+formulation with lam = 1; each schedule's meta-gradient is compared with plain maml's where plain maml was run at
+that K (relative difference); time per inner step is given as a multiple of plain maml's at K = 10 (warm, in the
+same run). Features: the bilevel formulation (theta = backbone, phi = head), each algorithm with
+``features="recompute"`` and ``"once"``, 5 interleaved pairs, median times.
+
+``python -m metabench.structure_tables --out reports/structure`` (about 15 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["measure", "to_markdown"]
+
+CHECKPOINT_ROWS = [
+    ("maml", 10, {}),
+    ("maml", 100, {}),
+    ("maml_checkpointed", 100, {"schedule": "sqrt"}),
+    ("maml_checkpointed", 100, {"schedule": "every_step"}),
+    ("maml_checkpointed", 100, {"schedule": "revolve", "snapshots": 10}),
+    ("maml_checkpointed", 1000, {"schedule": "sqrt"}),
+    ("maml_checkpointed", 1000, {"schedule": "revolve", "snapshots": 10}),
+]
+FEATURE_ALGORITHMS = [("itd_bio", {}), ("imaml", {"cg_iters": 5}), ("rm_metal", {"cg_iters": 5})]
+FEATURE_STEPS = (1, 20, 50)
+FEATURE_ROUNDS = 5  # interleaved pairs; the median time of each form
+
+
+def _one(problem, theta, name, K, options):
+    from metabench.algorithms import get_algorithm
+    from metabench.measure.memory import LiveTensorTracker
+
+    alg = get_algorithm(name, inner_steps=K, inner_lr=0.1, **options)
+    start = time.perf_counter()
+    with LiveTensorTracker() as tracker:
+        result = alg.hypergradient(problem, theta)
+    return result, time.perf_counter() - start, int(tracker.peak_bytes)
+
+
+def measure_checkpointing(progress=print) -> list[dict]:
+    from metabench.problems import FewShotClassification
+
+    maml_problem = FewShotClassification.generate(n_tasks=1, formulation="maml", lam=1.0)
+    theta = maml_problem.initial_theta()
+    _one(maml_problem, theta, "maml", 2, {})  # warm-up
+    plain = {}
+    rows = []
+    for name, K, options in CHECKPOINT_ROWS:
+        result, seconds, peak = _one(maml_problem, theta, name, K, options)
+        if name == "maml":
+            plain[K] = result.grad
+        agree = None
+        if name != "maml" and K in plain:
+            agree = float((result.grad - plain[K]).norm() / plain[K].norm())
+        rows.append(
+            {
+                "algorithm": name,
+                "K": K,
+                **options,
+                "seconds": seconds,
+                "live_peak_bytes": peak,
+                "vs_maml": agree,
+                "recompute_factor": result.info.get("recompute_factor"),
+                "stored_states": result.info.get("stored_states"),
+            }
+        )
+        progress(f"checkpoint {name} K={K} {options}: {seconds:.1f} s, {peak / 2**20:.1f} MiB")
+    _, base_seconds, _ = _one(maml_problem, theta, "maml", 10, {})  # plain maml at K = 10 again, warm
+    base = min(base_seconds, next(r["seconds"] for r in rows if r["algorithm"] == "maml" and r["K"] == 10))
+    for row in rows:
+        row["time_per_step_vs_maml_K10"] = (row["seconds"] / row["K"]) / (base / 10)
+    return rows
+
+
+def measure_features(progress=print) -> list[dict]:
+    from metabench.problems import FewShotClassification
+
+    bilevel = FewShotClassification.generate(n_tasks=1, formulation="bilevel")
+    theta = bilevel.initial_theta()
+    _one(bilevel, theta, "itd_bio", 2, {})  # warm-up
+    rows = []
+    for name, options in FEATURE_ALGORITHMS:
+        for K in FEATURE_STEPS:
+            times = {"recompute": [], "once": []}
+            out = {}
+            for _ in range(FEATURE_ROUNDS):  # interleaved pairs
+                for form in times:
+                    result, seconds, peak = _one(bilevel, theta, name, K, {**options, "features": form})
+                    times[form].append(seconds)
+                    out[form] = (result.grad, peak)
+            diff = float((out["once"][0] - out["recompute"][0]).norm() / out["recompute"][0].norm())
+            rec, once = statistics.median(times["recompute"]), statistics.median(times["once"])
+            rows.append(
+                {
+                    "algorithm": name,
+                    "K": K,
+                    "recompute_seconds": rec,
+                    "once_seconds": once,
+                    "recompute_peak_bytes": out["recompute"][1],
+                    "once_peak_bytes": out["once"][1],
+                    "rel_diff": diff,
+                }
+            )
+            progress(f"features {name} K={K}: time ratio {once / rec:.3f}")
+    return rows
+
+
+def measure(parts=("checkpointing", "features"), previous: dict | None = None, progress=print) -> dict:
+    """The tables' measurements; parts not in ``parts`` are kept from ``previous``."""
+    from metabench.measure.machine import machine_info
+
+    torch.set_num_threads(1)
+    data = dict(previous or {})
+    data.update(machine=machine_info(), threads=1)
+    if "checkpointing" in parts:
+        data["checkpointing"] = measure_checkpointing(progress)
+    if "features" in parts:
+        data["features"] = measure_features(progress)
+    return data
+
+
+def to_markdown(data: dict) -> str:
+    mib = 2**20
+    lines = [
+        "# What structure buys on conv4-64 (5-way 5-shot/15-query, one task, float32)",
+        "",
+        __doc__.split("\n\n")[1],
+        "",
+    ]
+    lines += [
+        f"Machine: {data['machine'].get('cpu_model')}, torch {data['machine'].get('torch_version')}, "
+        f"{data['threads']} thread.",
+        "",
+        "## Exact MAML: checkpoint schedules",
+        "",
+    ]
+    lines += [
+        "| algorithm | schedule | K | peak live memory (MiB) | time (s) | time per step / maml's at K = 10 "
+        "| recompute factor | stored states | rel. diff. to maml |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["checkpointing"]:
+        sched = r.get("schedule", "-") + (f", s = {r['snapshots']}" if r.get("snapshots") else "")
+        rf = "-" if r["recompute_factor"] is None else f"{r['recompute_factor']:.2f}"
+        st = "-" if r["stored_states"] is None else str(r["stored_states"])
+        diff = "-" if r["vs_maml"] is None else f"{r['vs_maml']:.1e}"
+        lines.append(
+            f"| {r['algorithm']} | {sched} | {r['K']} | {r['live_peak_bytes'] / mib:.1f} | {r['seconds']:.1f} | "
+            f"{r['time_per_step_vs_maml_K10']:.2f}x | {rf} | {st} | {diff} |"
+        )
+    lines += ["", "## Features once vs recompute (bilevel formulation)", ""]
+    lines += [
+        "| algorithm | K | time once / recompute | peak MiB recompute | peak MiB once | rel. diff. of meta-gradients |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in data["features"]:
+        lines.append(
+            f"| {r['algorithm']} | {r['K']} | {r['once_seconds'] / r['recompute_seconds']:.3f} | "
+            f"{r['recompute_peak_bytes'] / mib:.1f} | {r['once_peak_bytes'] / mib:.1f} | {r['rel_diff']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m metabench.structure_tables", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=None, help="folder for structure.json and structure.md")
+    parser.add_argument("--from", dest="source", default=None, help="rebuild structure.md from this structure.json")
+    parser.add_argument(
+        "--part",
+        choices=("checkpointing", "features"),
+        action="append",
+        help="measure only this part (repeatable); the other is kept from OUT/structure.json",
+    )
+    args = parser.parse_args(argv)
+    if args.source:
+        data = json.loads(Path(args.source).read_text())
+    else:
+        previous = None
+        if args.part and args.out and (Path(args.out) / "structure.json").is_file():
+            previous = json.loads((Path(args.out) / "structure.json").read_text())
+        parts = tuple(args.part or ("checkpointing", "features"))
+        data = measure(parts, previous, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    text = to_markdown(data)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.source:
+            (out / "structure.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        (out / "structure.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
