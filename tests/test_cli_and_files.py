@@ -240,6 +240,9 @@ def test_sigint_mid_sweep_prints_one_line_and_exits_130(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell that started the test run in the background ignores SIGINT, and children inherit that: give the
+        # child the default disposition, so Python installs its KeyboardInterrupt handler as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and len(read_records(store)) < 2:
@@ -265,6 +268,9 @@ def test_keyboard_interrupt_in_run_and_report_is_one_line_and_130(tmp_path, caps
         raise KeyboardInterrupt
 
     config = tiny_config(tmp_path, '[[grid]]\nalgorithm = ["maml"]\ninner_steps = [1]\n')
+    handler = signal.getsignal(
+        signal.SIGINT
+    )  # default_int_handler, or SIG_IGN when the run was started in the background
     assert main(["run", "--config", str(config), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     capsys.readouterr()
     monkeypatch.setattr(metabench.sweep, "run_sweep", interrupted)
@@ -277,7 +283,7 @@ def test_keyboard_interrupt_in_run_and_report_is_one_line_and_130(tmp_path, caps
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "rep")]) == 130
     (line,) = stderr_lines(capsys)
     assert line.startswith("metabench report: interrupted; ") and "run the same command again" in line
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler in place before the call is restored
 
 
 # --- report on nothing -------------------------------------------------------------------------------------------
