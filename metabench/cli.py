@@ -8,6 +8,7 @@ command that needs them, so ``metabench --help``, ``metabench --version`` and ``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ __all__ = ["main"]
 
 #: Exit codes of ``metabench run`` (and, where they apply, ``report``); shown in ``metabench run --help``.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader closed the pipe
 _RUN_EPILOG = """exit status:
   0    every case of the sweep has a record and none of the newly run ones ended failed or invalid
        (ok, skipped, diverged and oom are results, not errors); with --limit, the cases left to run
@@ -561,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return args.func(args)
+    except BrokenPipeError:  # the reader went away (`metabench ... | head`): stop quietly, as a shell tool does
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so that the interpreter's flush at exit stays quiet
+        return EXIT_BROKEN_PIPE
     except (ValueError, OSError) as err:  # bad input, a missing or unwritable path
         print(f"metabench {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

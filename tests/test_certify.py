@@ -308,10 +308,13 @@ def test_cli_json_and_report(tmp_path, capsys):
         ("examples/certify/maml.py", "expected MODULE:FUNCTION"),
         ("examples/certify/maml.py:nope", "has no function 'nope'"),
         ("not_a_module_xyz:fn", "cannot import"),
+        ("{tmp}/needs.py:meta_grad", "cannot import {tmp}/needs.py: No module named 'not_installed_xyz'"),
     ],
 )
-def test_cli_bad_targets_exit_2(target, message, capsys, monkeypatch):
+def test_cli_bad_targets_exit_2(target, message, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(EXAMPLES.parents[1])
+    (tmp_path / "needs.py").write_text("import not_installed_xyz\n")
+    target, message = target.format(tmp=tmp_path), message.format(tmp=tmp_path)
     assert main(["certify", target]) == 2
     assert message in capsys.readouterr().err
 

@@ -94,6 +94,10 @@ def load_function(spec: str):
         sys.path.insert(0, folder)
         try:
             loader.loader.exec_module(module)
+        except ImportError as error:
+            raise ValueError(f"cannot import {module_name}: {error} (is the package it needs installed?)") from None
+        except Exception as error:  # noqa: BLE001 - the user's file may raise anything at import
+            raise ValueError(f"importing {module_name} raised {type(error).__name__}: {error}") from None
         finally:
             if sys.path and sys.path[0] == folder:
                 sys.path.pop(0)
