@@ -329,3 +329,17 @@ def test_metabench_certify_stays_the_function_after_its_modules_are_imported():
     import metabench.certify.cases  # noqa: F401 - binds the package on metabench, which must keep the function
 
     assert metabench.certify is certify and callable(metabench.certify)
+
+
+def test_a_first_order_head_truncation_is_found_with_its_head_and_worst_error_at_round_off():
+    def last_step_only(theta, inner_loss, outer_loss, phi0, inner_steps, inner_lr):
+        phi = phi0(theta)
+        for k in range(inner_steps):
+            (g,) = torch.autograd.grad(inner_loss(theta, phi), phi, create_graph=k >= inner_steps - 1)
+            phi = phi - inner_lr * g
+        return torch.autograd.grad(outer_loss(theta, phi), theta)[0]
+
+    verdict = certify(last_step_only, "truncated", measure_profile=False)
+    assert verdict.passed and verdict.truncate == 1
+    assert "the first K - T steps first-order" in verdict.sentence
+    assert max(c.error_to("truncated") for c in verdict.cases) < 1e-6  # the K = 1 case is full back-prop

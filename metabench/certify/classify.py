@@ -59,6 +59,7 @@ class CaseResult:
     errors: dict = field(default_factory=dict)
     families: list = field(default_factory=list)
     truncate: list = field(default_factory=list)
+    heads: list = field(default_factory=list)  # "held" / "first_order", one per matched truncation
     implicit: str | None = None
     iterations: list = field(default_factory=list)
     exact_error: float | None = None
@@ -80,8 +81,10 @@ class CaseResult:
         return family
 
     def error_to(self, family: str) -> float | None:
-        """The smallest relative error to a candidate of ``family`` (None if the case has none)."""
-        values = [e for label, e in self.errors.items() if label.split(" ")[0] == family]
+        """The smallest relative error to a candidate of ``family`` (None if the case has none); for "truncated"
+        maml counts too (truncation with T >= K is full back-prop)."""
+        names = ("truncated", "maml") if family == "truncated" else (family,)  # T >= K is full back-prop
+        values = [e for label, e in self.errors.items() if label.split(" ")[0] in names]
         return min(values) if values else None
 
     def to_dict(self) -> dict:
@@ -96,6 +99,7 @@ class CaseResult:
             "label": self.label,
             "families": self.families,
             "truncate": self.truncate,
+            "heads": self.heads,
             "implicit": self.implicit,
             "iterations": self.iterations,
             "errors": self.errors,
@@ -144,6 +148,7 @@ def judge_case(target, index: int, case: Case) -> CaseResult:
         if float((grad - cand.grad).norm()) <= tol * max(float(cand.grad.norm()), scale):
             if cand.family == "truncated":
                 result.truncate.append(cand.truncate)
+                result.heads.append(cand.head)
             _add(result.families, cand.family)
     if "maml" in result.families:
         _add(result.families, "truncated")  # T >= K is full back-prop

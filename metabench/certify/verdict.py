@@ -208,17 +208,12 @@ def _flagged(claim: str | None, cases, target) -> list[str]:
 
 def _describe(computes: str, truncate: int | None, cases) -> str:
     if computes == "truncated":
-        heads = {
-            ("first-order head" if "first-order head" in label else "held")
-            for c in cases
-            for label, e in c.errors.items()
-            if label.startswith("truncated") and e <= c.tolerance
-        }
+        heads = {head for c in cases for head in c.heads}
         how = (
             "phi_{K-T} held constant"
             if heads == {"held"}
             else "the first K - T steps first-order"
-            if heads == {"first-order head"}
+            if heads == {"first_order"}
             else "mixed heads"
         )
         t = (
