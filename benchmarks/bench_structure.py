@@ -21,7 +21,8 @@ from metabench.problems import FewShotClassification
 from .common import TINY
 
 SIZE = {"filters": 4, "image_size": 8, "ways": 2, "shots": 1, "query": 2} if TINY else {}
-REVOLVE_STEPS = 20 if TINY else 200  # the committed table (reports/structure) has K = 1000
+REVOLVE_STEPS = 4 if TINY else 200  # the committed table (reports/structure) has K = 1000
+FEATURE_STEPS, FLAT_STEPS = (2, 3) if TINY else (20, 50)  # K of the time ratio, and of the memory ratio against K = 1
 ROUNDS = 1 if TINY else 3
 
 
@@ -51,8 +52,8 @@ class FeaturesOnce:
             times = {"once": [], "recompute": []}
             for _ in range(ROUNDS):  # interleaved
                 for form in times:
-                    times[form].append(_run(problem, theta, name, inner_steps=20, features=form)[0])
-            memory = [_run(problem, theta, name, inner_steps=K, features="once")[1] for K in (1, 50)]
+                    times[form].append(_run(problem, theta, name, inner_steps=FEATURE_STEPS, features=form)[0])
+            memory = [_run(problem, theta, name, inner_steps=K, features="once")[1] for K in (1, FLAT_STEPS)]
             out[name] = {
                 "time": statistics.median(times["once"]) / statistics.median(times["recompute"]),
                 "memory": memory[1] / memory[0],
@@ -76,11 +77,12 @@ class RevolveCheckpointing:
     def setup_cache(self):
         problem = _problem("maml")
         theta = problem.initial_theta()
-        plain_t, plain_m = _run(problem, theta, "maml", inner_steps=10)
+        plain_t, plain_m = _run(problem, theta, "maml", inner_steps=2 if TINY else 10)
         rev_t, rev_m = _run(
             problem, theta, "maml_checkpointed", inner_steps=REVOLVE_STEPS, schedule="revolve", snapshots=10
         )
-        return {"memory": rev_m / plain_m, "time_per_step": (rev_t / REVOLVE_STEPS) / (plain_t / 10)}
+        plain_steps = 2 if TINY else 10
+        return {"memory": rev_m / plain_m, "time_per_step": (rev_t / REVOLVE_STEPS) / (plain_t / plain_steps)}
 
     def track_memory_over_maml_K10(self, ratios):
         return ratios["memory"]
