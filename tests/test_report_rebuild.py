@@ -79,11 +79,8 @@ def store_bytes(records: list[dict], compress: bool) -> bytes:
     return gzip.compress(data, mtime=0) if compress else data
 
 
-def committed_style(tmp_path: Path) -> Path:
-    """A report laid out as a committed one, in ``tmp_path/reports/tiny``, built by the command line."""
-    report_dir = tmp_path / "reports" / "tiny"
-    results = report_dir / "results"
-    results.mkdir(parents=True)
+def grid_records() -> list[dict]:
+    """The grid sweep of :func:`committed_style`, its first record naming a fixed machine."""
     grid = sweep_records(kappas=(10.0, 100.0, 1000.0))
     grid[0]["machine"] = {
         "cpu_model": "test cpu",
@@ -91,6 +88,15 @@ def committed_style(tmp_path: Path) -> Path:
         "torch_version": "2",
         "cuda_available": False,
     }
+    return grid
+
+
+def committed_style(tmp_path: Path) -> Path:
+    """A report laid out as a committed one, in ``tmp_path/reports/tiny``, built by the command line."""
+    report_dir = tmp_path / "reports" / "tiny"
+    results = report_dir / "results"
+    results.mkdir(parents=True)
+    grid = grid_records()
     (results / "grid.jsonl.gz").write_bytes(store_bytes(grid, compress=True))
     training = sweep_records(kappas=(), training=True, sweep="training")
     (results / "training.jsonl").write_bytes(store_bytes(training, compress=False))
@@ -118,13 +124,7 @@ def test_the_convention_on_a_report_built_committed_style(tmp_path):
         assert (out / name).read_text() == (report_dir / name).read_text(), name
     for name in ("report.md", "summary.md", "report.html"):
         assert str(tmp_path) not in (report_dir / name).read_text(), f"{name} holds an absolute path"
-    grid = sweep_records(kappas=(10.0, 100.0, 1000.0))
-    grid[0]["machine"] = {
-        "cpu_model": "test cpu",
-        "cpu_logical_cores": 2,
-        "torch_version": "2",
-        "cuda_available": False,
-    }
+    grid = grid_records()
     assert store_bytes(grid, compress=True) == (report_dir / "results" / "grid.jsonl.gz").read_bytes()
     store = report_dir / "results" / "training.jsonl"  # and the check fails when a record changes
     records = read_records(store)

@@ -12,14 +12,13 @@ identically by ``metabench report reports/NAME/results --out reports/NAME``.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from metabench.report import figures
-from metabench.report.document import Figure, Link, Report, Section, Table, Text
+from metabench.report.document import Figure, Link, Report, Section, Table, Text, fmt_number
 from metabench.report.figure2 import fig2a_section, fig2b_section
 from metabench.report.summary import summary_blocks, summary_markdown
 from metabench.report.table1 import TARGETS, table1_section
@@ -34,14 +33,6 @@ FIGURES = (
     "memory_vs_steps_bilevel",
     "convergence",
 )
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
 
 
 def _first(records: pd.DataFrame, column: str):
@@ -83,7 +74,7 @@ def _overview(records: pd.DataFrame) -> Section:
     section = Section("Records")
     rows = []
     for (sweep, status), group in records.groupby(["sweep", "status"], dropna=False):
-        rows.append([_fmt(sweep), _fmt(status), len(group)])
+        rows.append([fmt_number(sweep), fmt_number(status), len(group)])
     section.blocks.append(Table(["sweep", "status", "records"], rows))
     section.blocks.append(
         Link(
@@ -103,11 +94,11 @@ def _overview(records: pd.DataFrame) -> Section:
                 {
                     "cpu": m.get("cpu_model"),
                     "cores": m.get("cpu_logical_cores"),
-                    "ram": _fmt((m.get("ram_total_bytes") or 0) / 2**30),
+                    "ram": fmt_number((m.get("ram_total_bytes") or 0) / 2**30),
                     "torch": m.get("torch_version"),
                     "cuda": m.get("cuda_available"),
-                    "version": _fmt(_first(records, "metabench_version")),
-                    "commit": _fmt(_first(records, "git_commit")),
+                    "version": fmt_number(_first(records, "metabench_version")),
+                    "commit": fmt_number(_first(records, "git_commit")),
                 },
             )
         )
@@ -120,12 +111,12 @@ def _failures(records: pd.DataFrame) -> Section | None:
         return None
     rows = [
         [
-            _fmt(r["sweep"]),
+            fmt_number(r["sweep"]),
             r["algorithm"],
-            _fmt(r.get("inner_steps")),
-            _fmt(r.get("kappa")),
+            fmt_number(r.get("inner_steps")),
+            fmt_number(r.get("kappa")),
             r["status"],
-            _fmt(r.get("error"))[:300],
+            fmt_number(r.get("error"))[:300],
         ]
         for _, r in bad.iterrows()
     ]

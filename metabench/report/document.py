@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Figure", "Heading", "Link", "Report", "Section", "Table", "Text", "md_text"]
+__all__ = ["Figure", "Heading", "Link", "Report", "Section", "Table", "Text", "fmt_number", "md_text"]
 
 
 _MD_ESCAPES = {
@@ -32,6 +33,13 @@ _MD_ESCAPES = {
 }
 _MD_SPECIAL = re.compile("|".join(re.escape(c) for c in _MD_ESCAPES))
 _NEWLINES = re.compile(r"\r\n|[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+def fmt_number(value, digits: int = 3) -> str:
+    """A table cell for a measured value: "-" for None, NaN or inf, a float to ``digits`` significant digits."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def md_text(value: object) -> str:

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from metabench.report.document import Section, Table
+from metabench.report.document import Section, Table, fmt_number
 
 __all__ = ["PAPER_TASK_BATCHES", "fig2a_section", "fig2b_section"]
 
@@ -29,12 +29,6 @@ PAPER_STEPS = 16
 #: errors below this are float64 rounding: two methods both there are tied
 ROUND_OFF = 1e-10
 _MIB = 2**20
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def _param(records: pd.DataFrame, name: str) -> pd.Series:
@@ -88,11 +82,11 @@ def fig2a_section(records: pd.DataFrame) -> Section | None:
             rows.append(
                 [
                     label,
-                    _fmt(float(kappa)),
+                    fmt_number(float(kappa)),
                     f"imaml, {int(m)} CG",
                     f"{better} of {len(shared)}" + (" (every K)" if shared and better == len(shared) else ""),
-                    f"{_fmt(plateau)} at K = {int(largest)}",
-                    _fmt(float(maml[largest])) if largest in maml.index else "-",
+                    f"{fmt_number(plateau)} at K = {int(largest)}",
+                    fmt_number(float(maml[largest])) if largest in maml.index else "-",
                 ]
             )
     section.blocks.append(
@@ -145,10 +139,10 @@ def fig2b_section(records: pd.DataFrame) -> Section | None:
                 net,
                 algorithm,
                 f"{int(ways)}-way {int(shots)}-shot",
-                _fmt(slope / _MIB, 4) if abs(slope) >= 0.5 else "0",
-                _fmt(intercept / _MIB, 4),
-                _fmt(at / _MIB, 4),
-                *(_fmt(at * b / 2**30, 3) for b in PAPER_TASK_BATCHES),
+                fmt_number(slope / _MIB, 4) if abs(slope) >= 0.5 else "0",
+                fmt_number(intercept / _MIB, 4),
+                fmt_number(at / _MIB, 4),
+                *(fmt_number(at * b / 2**30, 3) for b in PAPER_TASK_BATCHES),
                 f"{int(K.min())}..{int(K.max())}",
             ]
         )

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from metabench.report.document import Section, Table
+from metabench.report.document import Section, Table, fmt_number
 from metabench.report.fitting import CANDIDATE_EXPONENTS, TOLERANCE, error_floors, memory_per_step, table1
 from metabench.report.variants import THEORY
 
@@ -23,14 +23,6 @@ __all__ = ["TARGETS", "table1_section"]
 TARGETS = (0.1, 0.01)
 #: a fitted memory slope below half a byte per step is rounding of integer byte counts: shown as 0
 _ROUND_OFF_BYTES = 0.5
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
 
 
 def _exponent(row) -> str:
@@ -126,7 +118,9 @@ def table1_section(records: pd.DataFrame) -> Section | None:
                     c["least"],
                     _cg(c),
                     missed,
-                    _fmt(c["error_floor"]) if c["kappas_missed"] else "-",  # a floor only where a target was missed
+                    fmt_number(c["error_floor"])
+                    if c["kappas_missed"]
+                    else "-",  # a floor only where a target was missed
                 ]
             )
         section.blocks.append(
@@ -153,7 +147,7 @@ def table1_section(records: pd.DataFrame) -> Section | None:
         for (variant, t), group in floors.groupby(["variant", floors["truncate"].fillna(-1)], sort=True):
             by_kappa = dict(zip(group["kappa"], group["error_floor"]))
             label = variant if t == -1 else f"{variant}, T = {int(t)}"
-            rows.append([label, *(_fmt(by_kappa.get(k)) for k in kappas)])
+            rows.append([label, *(fmt_number(by_kappa.get(k)) for k in kappas)])
         section.blocks.append(
             Table(
                 ["variant", *(f"kappa {k:g}" for k in kappas)],
@@ -176,9 +170,9 @@ def table1_section(records: pd.DataFrame) -> Section | None:
                     variant,
                     theory["memory"],
                     f"{_bytes_per_step(m['slope_bytes_per_step'])} per {m['steps_axis']}",
-                    _fmt(m["mem_grad_bytes"]),
-                    "0" if abs(m["slope_bytes_per_step"]) < _ROUND_OFF_BYTES else _fmt(m["slope_over_mem_grad"]),
-                    _fmt(m["peak_over_mem_grad"]),
+                    fmt_number(m["mem_grad_bytes"]),
+                    "0" if abs(m["slope_bytes_per_step"]) < _ROUND_OFF_BYTES else fmt_number(m["slope_over_mem_grad"]),
+                    fmt_number(m["peak_over_mem_grad"]),
                     theory["error"],
                     m["steps"],
                 ]
