@@ -4,7 +4,10 @@
   live memory K = 50 over K = 1 (target: <= 0.3 and <= 1.1);
 - exact MAML by binomial checkpointing (``maml_checkpointed`` with ``schedule="revolve"``) against plain maml at
   K = 10: peak live memory and time per inner step at K = REVOLVE_STEPS (targets: <= 1 and <= 2.5);
-- one Hessian-vector product per mode as a multiple of one inner gradient (``metabench.hvp_check``).
+- one Hessian-vector product per mode as a multiple of one inner gradient (``metabench.hvp_check``);
+- ``compile="on"`` against eager at K = 20 (fomaml on the MAML formulation, imaml on the bilevel one with the
+  features recomputed), after the compiling call, and whether the compiled steps passed their check (1) or ran
+  eager (0).
 
 The workload is the standard conv4-64 5-way 5-shot/15-query task, float32, one task; a tiny net under
 METABENCH_ASV_TINY=1.
@@ -115,3 +118,41 @@ class HVPModes:
         return timing[mode]["memory_ratio"]
 
     track_memory_over_gradient.unit = "HVP / inner gradient"
+
+
+class CompiledSteps:
+    params = (["fomaml", "imaml"],)
+    param_names = ["algorithm"]
+    timeout = 900
+
+    def setup_cache(self):
+        if TINY:  # the discover-and-run-once check: the suite's code, not inductor's C++ build (minutes, cold)
+            from metabench.algorithms import compiled_step
+
+            compiled_step.BACKEND = "aot_eager"
+        out = {}
+        for name, formulation, extra in (("fomaml", "maml", {}), ("imaml", "bilevel", {"features": "recompute"})):
+            problem = _problem(formulation)
+            theta = problem.initial_theta()
+            options = {"inner_lr": 0.1, "inner_steps": FEATURE_STEPS, **extra}
+            compiled = mb.get_algorithm(name, compile="on", **options)
+            ran = compiled.hypergradient(problem, theta).info["compile"] == "compiled"  # compiles and checks
+            eager = mb.get_algorithm(name, **options)
+            times = {"on": [], "off": []}
+            for _ in range(ROUNDS):  # interleaved
+                for mode, alg in (("on", compiled), ("off", eager)):
+                    start = time.perf_counter()
+                    alg.hypergradient(problem, theta)
+                    times[mode].append(time.perf_counter() - start)
+            out[name] = {"time": statistics.median(times["on"]) / statistics.median(times["off"]), "ran": float(ran)}
+        return out
+
+    def track_time_compiled_over_eager_K20(self, ratios, algorithm):
+        return ratios[algorithm]["time"]
+
+    track_time_compiled_over_eager_K20.unit = "compiled / eager"
+
+    def track_compiled_steps_passed_check(self, ratios, algorithm):
+        return ratios[algorithm]["ran"]
+
+    track_compiled_steps_passed_check.unit = "1 compiled, 0 eager"

@@ -89,6 +89,13 @@ OPTIONS: dict[str, Option] = {
         "'auto': once where the problem has that structure",
         "features",
     ),
+    "compile": Option(
+        "off",
+        _choice("off", "on"),
+        "'on': the inner gradients that are not differentiated (first-order steps) run under torch.compile, "
+        "after a check against eager on first use (falls back to eager, and says so, where it disagrees)",
+        "compile",
+    ),
     "truncate": Option(5, _int(low=1), "T, the last inner steps back-propagated (1..inner_steps)", "T"),
     "checkpoint_every": Option(
         None, _optional(_int(low=1)), "C, inner steps per recomputed segment; None: round(sqrt(K))", "C"

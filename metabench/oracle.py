@@ -64,9 +64,11 @@ class OracleCounts:
 class Oracle:
     """Counted access to ``problem`` on the tasks ``tasks`` (a 1-D index tensor) of one computation."""
 
-    def __init__(self, problem, tasks: torch.Tensor):
+    def __init__(self, problem, tasks: torch.Tensor, compiled=None):
         self._problem = problem
         self.tasks = tasks
+        self._compiled = compiled  # a CompiledInnerLoss for untracked inner gradients (option compile="on")
+        self.compiled_used = False
         self.n = len(tasks)
         self._counts = {"inner_grads": 0, "outer_grads": 0, "hvps": 0, "jvps": 0}
 
@@ -95,7 +97,8 @@ class Oracle:
     def inner_grad(self, theta: torch.Tensor, phi: torch.Tensor, *, differentiable: bool = False):
         """(g_i(theta, phi_i), grad_phi g_i(theta, phi_i)) stacked over tasks; the loss values are detached.
 
-        ``differentiable=False``: both are computed at detached theta and phi, without a graph.
+        ``differentiable=False``: both are computed at detached theta and phi, without a graph (through
+        ``torch.compile`` when the oracle was given a ``compiled`` inner loss: ``algorithms/compiled_step.py``).
         ``differentiable=True``: the gradient keeps its graph to theta and phi (create_graph), and each
         backward pass through it is counted as one Hessian-vector product per task.
         """
@@ -108,6 +111,9 @@ class Oracle:
                 if grad.requires_grad:
                     grad.register_hook(self._backward_through_inner_grad)
                 return loss.detach(), grad
+            if self._compiled is not None:
+                self.compiled_used = True
+                return self._compiled.grad(theta, phi, self.tasks)
             phi_in = phi.detach().requires_grad_(True)
             loss = self._problem.inner_loss(theta.detach(), phi_in, self.tasks)
             (grad,) = torch.autograd.grad(loss.sum(), phi_in)

@@ -96,6 +96,9 @@ RECORD_FIELDS: dict[str, str] = {
     "task_chunk": "tasks per autograd graph within the call (the task_chunk option, resolved; null if not run)",
     "features": "where phi is a head on theta's features: 'once' (backbone run once per task) or 'recompute' "
     "(in every loss); null where the problem has no such structure or the case did not run",
+    "compile": "what the compile option ran for the untracked inner gradients: 'off', 'compiled' (checked against "
+    "eager first), 'unused' (none in the call) or 'eager: <reason>' (compile raised or disagreed); null if not run",
+    "compile_s": "seconds of the first compiled call (tracing and code generation, absorbed by the warm-up), else null",
     "device": "torch device of theta",
     "dtype": "float32 or float64",
     "seed": "seed of the problem and of theta",

@@ -1,13 +1,16 @@
-"""The tables of what structure buys on the conv4-64 workload: checkpoint schedules for exact MAML, and features
-computed once on the bilevel formulation. Measured, then written as ``structure.json`` (the measurements) and
-``structure.md`` (rebuilt from the JSON alone: ``--from reports/structure/structure.json``).
+"""The tables of what structure buys on the conv4-64 workload: checkpoint schedules for exact MAML, features
+computed once on the bilevel formulation, and torch.compile on the first-order inner steps. Measured, then
+written as ``structure.json`` (the measurements) and ``structure.md`` (rebuilt from the JSON alone: ``--from reports/structure/structure.json``).
 
 Workload: 5-way 5-shot/15-query, conv4 with 64 filters and BatchNorm (batch statistics), float32, one task, SGD
 inner steps at lr 0.1, theta = the net's initial weights, one intra-op thread. Checkpointing: the MAML
 formulation with lam = 1; each schedule's meta-gradient is compared with plain maml's where plain maml was run at
 that K (relative difference); time per inner step is given as a multiple of plain maml's at K = 10 (warm, in the
 same run). Features: the bilevel formulation (theta = backbone, phi = head), each algorithm with
-``features="recompute"`` and ``"once"``, 5 interleaved pairs, median times.
+``features="recompute"`` and ``"once"``, 5 interleaved pairs, median times. Compile: each algorithm at K = 20 with
+``compile="off"`` and ``"on"`` (inductor), 5 interleaved pairs after the compiling call; its meta-gradient is
+compared with eager's in float32 there and in float64 at K = 2 (a fresh compilation), and the first call's
+compile time is given apart.
 
 ``python -m metabench.structure_tables --out reports/structure`` (about 15 minutes on 2 cores).
 """
@@ -37,17 +40,27 @@ CHECKPOINT_ROWS = [
 FEATURE_ALGORITHMS = [("itd_bio", {}), ("imaml", {"cg_iters": 5}), ("rm_metal", {"cg_iters": 5})]
 FEATURE_STEPS = (1, 20, 50)
 FEATURE_ROUNDS = 5  # interleaved pairs; the median time of each form
+COMPILE_ROWS = [
+    ("fomaml", "maml", {}),
+    ("imaml", "bilevel", {"cg_iters": 5, "features": "recompute"}),
+    ("rm_metal", "bilevel", {"cg_iters": 5, "features": "recompute"}),
+]
+COMPILE_STEPS = 20
 
 
-def _one(problem, theta, name, K, options):
+def _one(problem, theta, name, K, options, track: bool = True):
+    """(result, seconds, peak live bytes or None): one hypergradient, under the live-tensor tracker if ``track``
+    (compiled steps run eager under it: ``algorithms/compiled_step.py``)."""
+    import contextlib
+
     from metabench.algorithms import get_algorithm
     from metabench.measure.memory import LiveTensorTracker
 
     alg = get_algorithm(name, inner_steps=K, inner_lr=0.1, **options)
     start = time.perf_counter()
-    with LiveTensorTracker() as tracker:
+    with LiveTensorTracker() if track else contextlib.nullcontext() as tracker:
         result = alg.hypergradient(problem, theta)
-    return result, time.perf_counter() - start, int(tracker.peak_bytes)
+    return result, time.perf_counter() - start, int(tracker.peak_bytes) if track else None
 
 
 def measure_checkpointing(progress=print) -> list[dict]:
@@ -118,7 +131,44 @@ def measure_features(progress=print) -> list[dict]:
     return rows
 
 
-def measure(parts=("checkpointing", "features"), previous: dict | None = None, progress=print) -> dict:
+def measure_compile(progress=print) -> list[dict]:
+    from metabench.problems import FewShotClassification
+
+    rows = []
+    for name, formulation, options in COMPILE_ROWS:
+        diffs = {}
+        for dtype in (torch.float64, torch.float32):  # float64 first: its check is the one that decides
+            problem = FewShotClassification.generate(n_tasks=1, formulation=formulation, dtype=dtype)
+            theta = problem.initial_theta()
+            K = 2 if dtype == torch.float64 else COMPILE_STEPS
+            eager, _, _ = _one(problem, theta, name, K, options, track=False)
+            compiled, _, _ = _one(problem, theta, name, K, {**options, "compile": "on"}, track=False)
+            diffs[dtype] = float((compiled.grad - eager.grad).norm() / eager.grad.norm())
+        times = {"off": [], "on": []}
+        for _ in range(FEATURE_ROUNDS):
+            for mode in times:
+                result, seconds, _ = _one(problem, theta, name, K, {**options, "compile": mode}, track=False)
+                times[mode].append(seconds)
+        off, on = statistics.median(times["off"]), statistics.median(times["on"])
+        rows.append(
+            {
+                "algorithm": name,
+                "formulation": formulation,
+                "K": K,
+                **options,
+                "compile": result.info["compile"],
+                "compile_s": result.info["compile_s"],
+                "eager_seconds": off,
+                "compiled_seconds": on,
+                "rel_diff_float32": diffs[torch.float32],
+                "rel_diff_float64": diffs[torch.float64],
+            }
+        )
+        progress(f"compile {name}: {result.info['compile']}, eager/compiled {off / on:.2f}x")
+    return rows
+
+
+def measure(parts=("checkpointing", "features", "compile"), previous: dict | None = None, progress=print) -> dict:
     """The tables' measurements; parts not in ``parts`` are kept from ``previous``."""
     from metabench.measure.machine import machine_info
 
@@ -129,6 +179,8 @@ def measure(parts=("checkpointing", "features"), previous: dict | None = None, p
         data["checkpointing"] = measure_checkpointing(progress)
     if "features" in parts:
         data["features"] = measure_features(progress)
+    if "compile" in parts:
+        data["compile"] = measure_compile(progress)
     return data
 
 
@@ -171,6 +223,20 @@ def to_markdown(data: dict) -> str:
             f"| {r['algorithm']} | {r['K']} | {r['once_seconds'] / r['recompute_seconds']:.3f} | "
             f"{r['recompute_peak_bytes'] / mib:.1f} | {r['once_peak_bytes'] / mib:.1f} | {r['rel_diff']:.1e} |"
         )
+    if data.get("compile"):
+        lines += ["", "## torch.compile on the first-order inner steps (K = 20)", ""]
+        lines += [
+            "| algorithm | formulation | compile | first call (s) | eager (s) | compiled (s) | speed-up "
+            "| rel. diff. float32 | rel. diff. float64 (K = 2) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in data["compile"]:
+            lines.append(
+                f"| {r['algorithm']} | {r['formulation']} | {r['compile']} | {r['compile_s']:.1f} | "
+                f"{r['eager_seconds']:.3f} | {r['compiled_seconds']:.3f} | "
+                f"{r['eager_seconds'] / r['compiled_seconds']:.2f}x | "
+                f"{r['rel_diff_float32']:.1e} | {r['rel_diff_float64']:.1e} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -180,9 +246,9 @@ def main(argv=None) -> int:
     parser.add_argument("--from", dest="source", default=None, help="rebuild structure.md from this structure.json")
     parser.add_argument(
         "--part",
-        choices=("checkpointing", "features"),
+        choices=("checkpointing", "features", "compile"),
         action="append",
-        help="measure only this part (repeatable); the other is kept from OUT/structure.json",
+        help="measure only this part (repeatable); the others are kept from OUT/structure.json",
     )
     args = parser.parse_args(argv)
     if args.source:
@@ -191,7 +257,7 @@ def main(argv=None) -> int:
         previous = None
         if args.part and args.out and (Path(args.out) / "structure.json").is_file():
             previous = json.loads((Path(args.out) / "structure.json").read_text())
-        parts = tuple(args.part or ("checkpointing", "features"))
+        parts = tuple(args.part or ("checkpointing", "features", "compile"))
         data = measure(parts, previous, progress=lambda line: print(line, file=sys.stderr, flush=True))
     text = to_markdown(data)
     print(text)

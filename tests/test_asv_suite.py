@@ -1,4 +1,6 @@
-"""The asv suites are discovered and every benchmark runs once (tiny grid), so a broken suite fails CI."""
+"""The asv suites are discovered and every benchmark runs once (tiny grid), so a broken suite fails CI.
+
+Marked slow (about 80 s of one core): ``.ci/run`` runs it after the default suite, as does ``nox -s slow``."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +32,7 @@ def asv(*args: str, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_every_asv_benchmark_is_discovered_and_runs_once(tmp_path):
     assert asv("machine", "--yes", "--machine", "ci-check", home=tmp_path).returncode == 0
     check = asv("check", "--python=same", home=tmp_path)

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from metabench.algorithms.compiled_step import compiled_inner_loss
 from metabench.algorithms.inner_loop import run_inner_loop
 from metabench.algorithms.result import Hypergradient
 from metabench.errors import DivergenceError
@@ -39,7 +40,7 @@ from metabench.solvers import InnerSolver, make_inner_solver
 __all__ = ["INNER_OPTIONS", "Algorithm", "Computed", "Option"]
 
 #: The options every algorithm takes.
-INNER_OPTIONS = pick("inner_steps", "inner_lr", "inner_solver", "momentum", "task_chunk", "features")
+INNER_OPTIONS = pick("inner_steps", "inner_lr", "inner_solver", "momentum", "task_chunk", "features", "compile")
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Algorithm(ABC):
         result = self._accumulate(problem, theta.detach(), index, state, chunk, features == "once")
         result.info["task_chunk"] = chunk
         result.info["features"] = features
+        result.info.update(self._compile_info(problem, theta, result.info.pop("_compiled_used", False)))
         if not bool(torch.isfinite(result.grad).all()):
             raise DivergenceError(f"{self.name} produced a non-finite hypergradient")
         return result
@@ -145,6 +147,17 @@ class Algorithm(ABC):
                 )
             return None
         return "recompute" if self.features == "recompute" else "once"
+
+    def _compile_info(self, problem, theta: torch.Tensor, used: bool) -> dict[str, Any]:
+        """``compile`` and ``compile_s`` of a result (``compiled_step.py``): what ran for the untracked inner
+        gradients."""
+        if self.compile == "off":
+            return {"compile": "off", "compile_s": None}
+        if not used:
+            return {"compile": "unused", "compile_s": None}
+        compiled = compiled_inner_loss(problem)
+        status = compiled.status(theta.dtype) or "eager: ran under a TorchDispatchMode (e.g. the memory tracker)"
+        return {"compile": status, "compile_s": compiled.compile_s.get(theta.dtype)}
 
     def _on_features(self, problem, theta, part: torch.Tensor, state):
         """``_compute`` on the head's problem at the features of ``part``, then one backward through the backbone:
@@ -172,9 +185,11 @@ class Algorithm(ABC):
             if once:
                 out, used = self._on_features(problem, theta, part, state)
             else:
-                oracle = Oracle(problem, part)
+                compiled = compiled_inner_loss(problem) if self.compile == "on" else None
+                oracle = Oracle(problem, part, compiled)
                 out = self._compute(oracle, theta, state)
                 used = oracle.counts
+                info["_compiled_used"] = info.get("_compiled_used", False) or oracle.compiled_used
             weighted = out.grad if len(parts) == 1 else out.grad * (len(part) / n)
             grad = weighted if grad is None else grad + weighted
             counts = counts + used

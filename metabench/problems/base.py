@@ -123,8 +123,13 @@ class BilevelProblem(ABC):
         A run of consecutive tasks (the full set, or a chunk of it) is a view of the stored tensors (no
         copy); another batch is gathered once and cached while the same ``tasks`` tensor is passed in
         (one hypergradient call evaluates the losses many times), so inner steps do not copy the data
-        again and again.
+        again and again. Under ``torch.compile`` (option compile="on") it is one traced ``index_select``.
         """
+        if torch.compiler.is_compiling():  # traced: one gather, no data-dependent branch (no graph break)
+            return {k: v.index_select(0, tasks.to(v.device)) for k, v in self.data_like(theta).items()}
+        return self._gather(theta, tasks)
+
+    def _gather(self, theta: torch.Tensor, tasks) -> dict[str, torch.Tensor]:
         if not isinstance(tasks, torch.Tensor):
             tasks = self.task_index(tasks)
         data = self.data_like(theta)

@@ -180,6 +180,8 @@ def _base_record(case: dict) -> dict:
         "task_batch": case.get("task_batch"),
         "task_chunk": None,
         "features": None,
+        "compile": None,
+        "compile_s": None,
         "device": case.get("device"),
         "dtype": case.get("dtype"),
         "seed": case.get("seed"),
@@ -379,6 +381,7 @@ def _measure_case(case: dict, record: dict, instruments) -> dict:
         record.update(result.counts.as_dict())
         record["task_chunk"] = result.info.get("task_chunk")
         record["features"] = result.info.get("features")
+        record["compile"], record["compile_s"] = result.info.get("compile"), result.info.get("compile_s")
         if case.get("truth", "auto") == "skip":
             record.update(grad_norm=float(result.grad.norm()), truth_status="skipped: the case says truth = 'skip'")
         else:
