@@ -1,6 +1,7 @@
 """The tables of what structure buys on the conv4-64 workload: checkpoint schedules for exact MAML, features
 computed once on the bilevel formulation, and torch.compile on the first-order inner steps. Measured, then
-written as ``structure.json`` (the measurements) and ``structure.md`` (rebuilt from the JSON alone: ``--from reports/structure/structure.json``).
+written as ``structure.json`` (the measurements) and ``structure.md`` (rebuilt from the JSON alone:
+``--from reports/structure/structure.json``).
 
 Workload: 5-way 5-shot/15-query, conv4 with 64 filters and BatchNorm (batch statistics), float32, one task, SGD
 inner steps at lr 0.1, theta = the net's initial weights, one intra-op thread. Checkpointing: the MAML
