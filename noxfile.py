@@ -49,7 +49,7 @@ def _asv_machine(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the default test suite (slow checks excluded)."""
-    _install(session)
+    _install(session, "dev,distributed")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -63,7 +63,7 @@ def tests_two_threads(session: nox.Session) -> None:
 @nox.session
 def slow(session: nox.Session) -> None:
     """Run the long checks marked `slow`."""
-    _install(session)
+    _install(session, "dev,distributed")
     session.run("python", "-m", "pytest", "-m", "slow", *session.posargs)
 
 

@@ -84,21 +84,99 @@ def _case_label(record: dict) -> str:
     return text + (f" kappa={kappa:g}" if isinstance(kappa, (int, float)) else "")
 
 
+def _executor(args: argparse.Namespace, sweep):
+    """The executor of ``--executor`` and its flags over the sweep file's ``[executor]`` table."""
+    import os
+
+    from metabench.sweep.executors import make_executor
+
+    options = dict(sweep.executor)
+    named = options.pop("name", "serial")
+    name = args.executor or named
+    if name != named:  # the file's options are for the file's executor
+        options = {k: v for k, v in options.items() if k == "imports"}
+    flags = {
+        "workers": args.workers,
+        "threads": args.threads,
+        "scheduler": args.scheduler,
+        "folder": args.submitit_folder,
+        "cluster": args.cluster,
+        "partition": args.partition,
+        "time_min": args.time_min,
+        "gpus": args.gpus_per_job,
+        "mem_gb": args.mem_gb,
+        "chunk": args.chunk,
+    }
+    options.update({k: v for k, v in flags.items() if v is not None})
+    imports = tuple(options.pop("imports", ())) + tuple(args.imports or ())
+    if imports:
+        options["imports"] = imports
+    if name == "submitit":
+        options.setdefault("folder", str(Path(args.out) / "submitit"))
+    if name == "local":
+        options.setdefault("workers", max(1, (os.cpu_count() or 1) // (options.get("threads") or 1)))
+    return make_executor(name, **options)
+
+
+def _dry_run(sweep, cases: list[dict], executor, out: str) -> int:
+    from metabench.results import read_records
+    from metabench.sweep.estimate import estimate_seconds
+
+    path = Path(out) / (sweep.name + ".jsonl")
+    have = {r.get("case_id") for r in read_records(path)}
+    todo = [c for c in cases if c["case_id"] not in have]
+    for case in todo:
+        print(f"{case['case_id'][:12]}  {_case_label({**case, **case['options'], **case['problem_params']})}")
+    seconds, known, unknown = estimate_seconds(todo, out)
+    slots = max(1, executor.slots)
+    if known:
+        basis = f"from the records in {out}" + (f"; {unknown} case(s) with no record to go by" if unknown else "")
+        estimate = f"about {_duration(seconds / slots)} on {executor.describe()} ({basis})"
+    else:
+        estimate = f"no estimate: no record in {out} to go by (--limit 2 measures a first two)"
+    print(f"{len(todo)} case(s) to run, {len(cases) - len(todo)} already in {path}; {estimate}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _run(args: argparse.Namespace) -> int:
+    import importlib
+
     from metabench.results import read_records
     from metabench.sweep import Sweep, get_preset, run_sweep
+    from metabench.sweep.runner import ContentionWarning, contention
 
     sweep = Sweep.from_file(args.config) if args.config else get_preset(args.preset)
+    for module in tuple(sweep.executor.get("imports", ())) + tuple(args.imports or ()):
+        try:  # the user's registrations (algorithms, ...) exist before the cases are checked
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"--import {module}: {err}") from None
     try:
         cases = sweep.cases()
     except ValueError as err:
         source = f"sweep file {args.config}" if args.config else f"preset {args.preset}"
         raise ValueError(f"{source}: {err}") from None
+    executor = _executor(args, sweep)
+    if args.dry_run:
+        return _dry_run(sweep, cases, executor, args.out)
     path = Path(args.out) / (sweep.name + ".jsonl")
-    print(f"sweep {sweep.name}: {len(cases)} cases -> {path}", file=sys.stderr)
+    print(f"sweep {sweep.name}: {len(cases)} cases -> {path} ({executor.describe()})", file=sys.stderr)
     before = {r.get("case_id") for r in read_records(path)}
+    crowded = contention(cases, executor)
+    if crowded:
+        print(f"metabench run: warning: {crowded}", file=sys.stderr)
     try:
-        summary = run_sweep(sweep, args.out, progress=not args.no_progress, limit=args.limit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ContentionWarning)  # said above, once
+            summary = run_sweep(sweep, args.out, progress=not args.no_progress, limit=args.limit, executor=executor)
     except KeyboardInterrupt:
         try:
             n = len(read_records(path))
@@ -461,6 +539,43 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", default="results", help="results folder (default results/); reruns resume")
     run.add_argument("--limit", type=_count, default=None, metavar="N", help="run at most N new cases (N >= 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--dry-run", action="store_true", help="list the cases a run would take up and an estimated time; run nothing"
+    )
+    where = run.add_argument_group("where the cases run (flags win over the sweep file's [executor] table)")
+    where.add_argument(
+        "--executor",
+        choices=("serial", "local", "dask", "submitit"),
+        default=None,
+        help="serial (this process, the default), local (worker processes here), dask (a cluster), submitit (SLURM)",
+    )
+    where.add_argument("--workers", type=int, default=None, metavar="N", help="workers at once (local: cores/threads)")
+    where.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch intra-op threads per worker (default 1; serial: torch's)",
+    )
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="dask: an existing cluster's scheduler")
+    where.add_argument(
+        "--submitit-folder", default=None, metavar="DIR", help="submitit: job files (default OUT/submitit)"
+    )
+    where.add_argument(
+        "--cluster", choices=("slurm", "local", "debug"), default=None, help="submitit: force a backend (default auto)"
+    )
+    where.add_argument("--partition", default=None, help="submitit: SLURM partition")
+    where.add_argument("--time-min", type=int, default=None, metavar="M", help="submitit: job time limit in minutes")
+    where.add_argument("--gpus-per-job", type=int, default=None, metavar="G", help="submitit: GPUs per job")
+    where.add_argument("--mem-gb", type=float, default=None, metavar="GB", help="submitit: memory per job")
+    where.add_argument("--chunk", type=int, default=None, metavar="C", help="submitit: cases per job (default 1)")
+    where.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE here and in every worker first (your registrations); repeatable",
+    )
     run.set_defaults(func=_run)
 
     report = sub.add_parser("report", help="Markdown + HTML report with Table 1 fits and figures, from stored records")

@@ -50,7 +50,9 @@ __all__ = [
     "ReadProblem",
     "ResultsStore",
     "StoreWarning",
+    "RUN_DEPENDENT_FIELDS",
     "case_id",
+    "comparable",
     "load_records",
     "read_records",
 ]
@@ -100,6 +102,9 @@ RECORD_FIELDS: dict[str, str] = {
     "eager first), 'unused' (none in the call) or 'eager: <reason>' (compile raised or disagreed); null if not run",
     "compile_s": "seconds of the first compiled call (tracing and code generation, absorbed by the warm-up), else null",
     "device": "torch device of theta",
+    "executor": "where the case ran: serial, local, dask or submitit (null: run_case called directly)",
+    "worker": "the process that ran it: host:pid, with the dask worker's name (null: run_case called directly)",
+    "gpu": "CUDA_VISIBLE_DEVICES of that worker, null where unset",
     "dtype": "float32 or float64",
     "seed": "seed of the problem and of theta",
     "threads": "torch intra-op threads during the case",
@@ -148,12 +153,42 @@ RECORD_FIELDS: dict[str, str] = {
     "final_objective_gap": "training cases: F(theta_T) - F*, null where unavailable",
     "total_wall_time_s": "training cases: seconds spent in the T hypergradients",
     # provenance
+    "case_wall_s": "seconds the case took in its worker, set-up and every instrument pass included (for ETAs)",
     "metabench_version": "installed metabench version",
     "git_commit": "git commit of the metabench checkout (+dirty), null outside git",
     "torch_version": "torch.__version__",
     "machine": "machine description (dict)",
     "timestamp": "UTC time the record was written (ISO 8601)",
 }
+
+#: fields that differ between two runs of one case on one machine (timings, RSS and NVML samples, where and
+#: when it ran); every other field of a record is a function of the case and the machine: the same whichever
+#: executor ran it (``tests/test_executors.py`` checks exactly that)
+RUN_DEPENDENT_FIELDS = frozenset(
+    {
+        "time_median_s",
+        "time_iqr_s",
+        "time_runs",
+        "rss_peak_bytes",
+        "rss_peak_delta_bytes",
+        "nvml_peak_bytes",
+        "case_wall_s",
+        "compile_s",
+        "total_wall_time_s",
+        "timestamp",
+        "executor",
+        "worker",
+        "gpu",
+    }
+)
+
+
+def comparable(record: dict) -> dict:
+    """``record`` without its run-dependent fields (and a training trajectory without its wall times)."""
+    out = {k: v for k, v in record.items() if k not in RUN_DEPENDENT_FIELDS}
+    if isinstance(out.get("trajectory"), dict):
+        out["trajectory"] = {k: v for k, v in out["trajectory"].items() if k != "wall_time_s"}
+    return out
 
 
 REQUIRED_FIELDS = ("schema_version", "case_id", "status")  # what makes a JSON object a record

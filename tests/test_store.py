@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import metabench.sweep.case as case_module
 import metabench.sweep.runner as runner
 from metabench.results import (
     SCHEMA_VERSION,
@@ -307,7 +308,7 @@ class TestSweepOnTheStore:
         sweep = tiny_sweep()
         cases = sweep.cases()
         other = ResultsStore(tmp_path / "tiny.jsonl")  # stands in for a second process on the same folder
-        real_run_case = runner.run_case
+        real_run_case = case_module.run_case
         calls = []
 
         def run_case(case):
@@ -326,7 +327,7 @@ class TestSweepOnTheStore:
                     other.append(real_run_case(cases[2]))
                 return written
 
-        monkeypatch.setattr(runner, "run_case", run_case)
+        monkeypatch.setattr(case_module, "run_case", run_case)
         monkeypatch.setattr(runner, "ResultsStore", Store)
         summary = run_sweep(sweep, tmp_path, progress=False)
         assert calls == [cases[0]["case_id"], cases[1]["case_id"], cases[3]["case_id"]]
@@ -340,7 +341,7 @@ class TestSweepOnTheStore:
         assert (summary.ran, summary.already_done) == (1, 2)  # the store holds 3, but inner_steps=5 is not ours
 
     def test_keyboard_interrupt_propagates_and_leaves_the_store_whole(self, tmp_path, monkeypatch):
-        real_run_case = runner.run_case
+        real_run_case = case_module.run_case
         calls = []
 
         def run_case(case):
@@ -349,7 +350,7 @@ class TestSweepOnTheStore:
                 raise KeyboardInterrupt
             return real_run_case(case)
 
-        monkeypatch.setattr(runner, "run_case", run_case)
+        monkeypatch.setattr(case_module, "run_case", run_case)
         with pytest.raises(KeyboardInterrupt):
             run_sweep(tiny_sweep(), tmp_path, progress=False)
         assert len(ids_in_file(tmp_path / "tiny.jsonl")) == 1

@@ -277,12 +277,12 @@ def test_a_device_this_machine_lacks_is_a_skipped_record(device):
 
 CRASHING_RUN = """
 import os, sys
-import metabench.sweep.runner as runner
+import metabench.sweep.case as case_module
 from metabench.sweep import Sweep, run_sweep
 
 sweep = Sweep.from_file(sys.argv[1])
 victim = sweep.cases()[int(sys.argv[3])]["case_id"]
-real = runner.run_case
+real = case_module.run_case
 
 
 def run_case(case, *args, **kwargs):
@@ -291,7 +291,7 @@ def run_case(case, *args, **kwargs):
     return real(case, *args, **kwargs)
 
 
-runner.run_case = run_case
+case_module.run_case = run_case
 run_sweep(sweep, sys.argv[2], progress=False)
 """
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import time
 import traceback
 from dataclasses import dataclass
 from functools import lru_cache
@@ -183,6 +184,9 @@ def _base_record(case: dict) -> dict:
         "compile": None,
         "compile_s": None,
         "device": case.get("device"),
+        "executor": None,
+        "worker": None,
+        "gpu": None,
         "dtype": case.get("dtype"),
         "seed": case.get("seed"),
         "threads": case.get("threads"),
@@ -235,6 +239,7 @@ def run_case(case: dict, instruments=("time", "memory", "flops")) -> dict:
     except KeyboardInterrupt. With ``threads`` set, torch's intra-op thread count is that number during
     the case only."""
     previous = torch.get_num_threads()
+    start = time.perf_counter()
     try:
         record = _base_record(case)
     except Exception as err:  # a case too malformed to describe is still a record
@@ -249,8 +254,10 @@ def run_case(case: dict, instruments=("time", "memory", "flops")) -> dict:
     except Exception as err:  # a failure is a result: keep what was measured, say what happened
         record = _failure(record, err)
     finally:
+        provenance = _provenance()  # before the threads go back: machine.torch_num_threads is the case's
         torch.set_num_threads(previous)
-    return record | _provenance() | _stamp()
+    record["case_wall_s"] = time.perf_counter() - start
+    return record | provenance | _stamp()
 
 
 def crashed_record(case: dict, deaths: int) -> dict:
@@ -260,6 +267,17 @@ def crashed_record(case: dict, deaths: int) -> dict:
         f"the process died {deaths} times while running this case (a crash inside a library, such as a "
         "segmentation fault, or the kernel's out-of-memory killer): recorded as failed so the sweep goes on; "
         "delete this record from the store to try the case again"
+    )
+    return record | {"status": "failed", "error": text} | _provenance() | _stamp()
+
+
+def worker_lost_record(case: dict, reason: str, executor: str) -> dict:
+    """The ``failed`` record of a case whose worker died running it (``sweep.executors``): ``reason`` says how."""
+    record = _base_record(case) | {"executor": executor}
+    text = (
+        f"the worker died while running this case: {reason}; it was run again alone and its worker died again "
+        "(a crash inside a library, such as a segmentation fault, or an out-of-memory kill): recorded as failed "
+        "so the sweep goes on; delete this record from the store to try the case again"
     )
     return record | {"status": "failed", "error": text} | _provenance() | _stamp()
 

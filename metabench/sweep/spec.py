@@ -196,6 +196,8 @@ class Sweep:
     grid: list[dict[str, list]]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: where to run it (``[executor]`` in a sweep file: name and options, see ``sweep.executors``); flags win
+    executor: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.name, str):
@@ -242,11 +244,15 @@ class Sweep:
         """A sweep from a mapping with ``name`` and ``grid`` (and optionally ``defaults``, ``description``)."""
         if not isinstance(spec, dict):
             raise ValueError(f"a sweep must be a mapping with 'name' and 'grid', got {_kind(spec)}")
-        unknown = set(spec) - {"name", "grid", "defaults", "description"}
+        unknown = set(spec) - {"name", "grid", "defaults", "description", "executor"}
         if unknown:
             raise ValueError(
-                f"unknown sweep key(s) {sorted(unknown, key=str)}; accepted: name, description, defaults, grid"
+                f"unknown sweep key(s) {sorted(unknown, key=str)}; accepted: name, description, defaults, grid, "
+                "executor"
             )
+        executor = spec.get("executor", {})
+        if not isinstance(executor, dict):
+            raise ValueError(f"executor must be a mapping (name = ..., workers = ..., ...), got {_kind(executor)}")
         if "name" not in spec or "grid" not in spec:
             missing = " and ".join(repr(k) for k in ("name", "grid") if k not in spec)
             raise ValueError(f"a sweep needs 'name' and 'grid' (a list of blocks); {missing} missing")
@@ -258,6 +264,7 @@ class Sweep:
             grid=spec["grid"],
             defaults=dict(defaults),
             description=spec.get("description", ""),
+            executor=dict(executor),
         )
 
     @classmethod
