@@ -74,7 +74,10 @@ def _linear_solver(name: str, value: Any) -> LinearSolver | None:
 OPTIONS: dict[str, Option] = {
     "inner_steps": Option(10, _int(low=0), "K, inner solver steps", "K"),
     "inner_lr": Option(0.1, _real(low=0.0, low_open=True), "alpha, inner step size (GD is stable below 2/L)", "lr"),
-    "inner_solver": Option("gd", _inner_solver, "'gd', 'nesterov', or an InnerSolver instance", "solver"),
+    "inner_solver": Option(
+        "gd", _inner_solver, "'gd', 'nesterov', 'newton_cg' (implicit algorithms), or an InnerSolver instance", "solver"
+    ),
+    "newton_cg_iters": Option(5, _int(low=1), "CG iterations per Newton step of inner_solver='newton_cg'", "newton-CG"),
     "momentum": Option(
         None, _optional(_real(low=0.0, high=1.0)), "Nesterov's beta in [0, 1]; None: the k/(k+3) schedule", "beta"
     ),

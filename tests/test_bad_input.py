@@ -449,7 +449,7 @@ def test_rm_metal_rejects_state_of_problem_with_other_n_tasks(linear_problem):
         case("outer_lr=0", {"outer_lr": 0.0}, ValueError, "outer_lr"),
         case("outer_lr<0", {"outer_lr": -0.1}, ValueError, "outer_lr"),
         case("outer_lr-nan", {"outer_lr": math.nan}, ValueError, "outer_lr"),
-        case("algorithm-unknown", {"algorithm": "reptile"}, ValueError, "unknown algorithm"),
+        case("algorithm-unknown", {"algorithm": "anil_v2"}, ValueError, "unknown algorithm"),
         case("algorithm-not-algorithm", {"algorithm": 42}, TypeError, "algorithm"),
         case("unknown-option", {"inner_stepz": 3}, TypeError, "inner_stepz"),
         case("theta0-nan", {"theta0": torch.full((5,), math.nan, dtype=F64)}, ValueError, "theta"),

@@ -28,7 +28,7 @@ OPTIONS = {
     "neumann": {"neumann_iters": NEUMANN},
 }
 INNER_LR = {"linear_meta_regression": 0.1, "quadratic_bilevel": 0.5}  # 1/L and 1/(2L)
-REFUSED = {("fomaml", "quadratic_bilevel")}  # refused by design
+REFUSED = {("fomaml", "quadratic_bilevel"), ("reptile", "quadratic_bilevel")}  # refused by design
 
 
 def make_algorithm(name: str, problem_name: str, **extra) -> Algorithm:
@@ -94,7 +94,7 @@ def test_result_types_shapes_and_dtypes(case):
     assert isinstance(hg.counts, OracleCounts)
     for value in hg.counts.as_tuple():
         assert type(value) is int and value >= 0
-    assert hg.counts.outer_grads == problem.n_tasks
+    assert hg.counts.outer_grads == (problem.n_tasks if algorithm.is_hypergradient else 0)  # reptile: no query loss
     if algorithm.stateful:
         assert isinstance(hg.state, WarmStartState)
     else:
@@ -215,6 +215,7 @@ DEFINED = {
     "itd_bio": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * K),
     "truncated": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * T),
     "fomaml": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n),
+    "reptile": lambda n: OracleCounts(inner_grads=n * K),
     # the forward pass, then every segment but the last (kept with its graph from the forward pass) recomputed
     # once during the backward pass: segments of C = round(sqrt K), the last one L = K - C floor((K - 1)/C) long
     "maml_checkpointed": lambda n: OracleCounts(

@@ -117,6 +117,8 @@ def test_counts_are_the_oracle_calls_made(problems, name, tasks, solver, monkeyp
         "stored_states": 2,
         "task_chunk": n,
         "features": None,
+        "compile": "off",
+        "compile_s": None,
     }
 
 

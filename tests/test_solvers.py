@@ -201,7 +201,7 @@ class TestInnerSolvers:
         torch.testing.assert_close(y_next, expected + (4 / 7) * (expected - phi), rtol=0, atol=0)
 
     def test_registry_and_factories(self):
-        assert set(INNER_SOLVERS) == {"gd", "nesterov"}
+        assert set(INNER_SOLVERS) == {"gd", "nesterov", "newton_cg"}
         assert make_inner_solver("gd", inner_lr=0.2, momentum=0.9) == GradientDescent(0.2)  # momentum: not GD's
         assert make_inner_solver("nesterov", inner_lr=0.2, momentum=0.9) == Nesterov(0.2, 0.9)
         with pytest.raises(ValueError, match="inner_solver must be one of"):

@@ -3,7 +3,17 @@
 Each algorithm module is imported here, explicitly, so that it registers itself.
 """
 
-from metabench.algorithms import fomaml, imaml, itd_bio, maml, maml_checkpointed, neumann, rm_metal, truncated  # noqa: F401
+from metabench.algorithms import (  # noqa: F401
+    fomaml,
+    imaml,
+    itd_bio,
+    maml,
+    maml_checkpointed,
+    neumann,
+    reptile,
+    rm_metal,
+    truncated,
+)
 from metabench.algorithms.base import Algorithm, Option
 from metabench.algorithms.implicit import ImplicitAlgorithm
 from metabench.algorithms.registry import available_algorithms, get_algorithm, register

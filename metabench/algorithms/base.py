@@ -40,7 +40,9 @@ from metabench.solvers import InnerSolver, make_inner_solver
 __all__ = ["INNER_OPTIONS", "Algorithm", "Computed", "Option"]
 
 #: The options every algorithm takes.
-INNER_OPTIONS = pick("inner_steps", "inner_lr", "inner_solver", "momentum", "task_chunk", "features", "compile")
+INNER_OPTIONS = pick(
+    "inner_steps", "inner_lr", "inner_solver", "momentum", "task_chunk", "features", "compile", "newton_cg_iters"
+)
 
 
 @dataclass
@@ -63,12 +65,15 @@ class Algorithm(ABC):
     name: ClassVar[str]
     options_spec: ClassVar[dict[str, Option]] = INNER_OPTIONS
     stateful: ClassVar[bool] = False
+    #: False for an update rule that is not a (possibly approximate) gradient of the meta-objective (reptile)
+    is_hypergradient: ClassVar[bool] = True
 
     def __init__(self, **options: Any):
         self.options = check_options(self.name, self.options_spec, options)
         self._given = dict(options)
         self._check_options()
         self.inner = self._build_inner_solver()
+        self._check_inner()
 
     def _build_inner_solver(self) -> InnerSolver:
         chosen = self.options["inner_solver"]
@@ -78,7 +83,15 @@ class Algorithm(ABC):
                 detail = ", ".join(f"{k}={a!r} vs the instance's {b!r}" for k, (a, b) in clash.items())
                 raise ValueError(f"{self.name}: give the inner solver's options once, not twice ({detail})")
             return chosen
-        return make_inner_solver(chosen, inner_lr=self.options["inner_lr"], momentum=self.options["momentum"])
+        return make_inner_solver(
+            chosen,
+            inner_lr=self.options["inner_lr"],
+            momentum=self.options["momentum"],
+            newton_cg_iters=self.options["newton_cg_iters"],
+        )
+
+    def _check_inner(self) -> None:  # noqa: B027  (an optional hook)
+        """Checks of the built inner solver against the algorithm; raise ValueError."""
 
     def _check_options(self) -> None:  # noqa: B027  (an optional hook)
         """Checks across options (e.g. truncate <= inner_steps); raise ValueError."""

@@ -47,13 +47,28 @@ class InnerRun:
         self.last_loss = loss
         return grad
 
-    def hvp(self, phi: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def value(self, phi: torch.Tensor) -> torch.Tensor:
+        loss, _ = self.oracle.inner_grad(self.theta, phi)
+        self.last_loss = loss
+        return loss
+
+    def linearize(self, phi: torch.Tensor):
+        """The inner gradient at phi with its graph (one counted inner gradient), for products with the inner
+        Hessian there (``.loss``, ``.grad``, ``.hvp(u)``, each product counted)."""
         if self.track:
             raise NotImplementedError(
                 f"inner solver {self.solver.name!r} takes Hessian-vector products, and back-propagating through "
                 "them is not supported: use it where its steps are not differentiated (implicit algorithms)"
             )
-        return self.oracle.inner_hvp(self.theta, phi, u)
+        at = self.oracle.linearize(self.theta, phi)
+        if self.first_loss is None:
+            self.first_loss = at.loss
+            self.first_grad_sq = at.grad.detach().flatten(1).pow(2).sum(1)
+        self.last_loss = at.loss
+        return at
+
+    def hvp(self, phi: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.linearize(phi).hvp(u)
 
     def check(self, phi: torch.Tensor, steps: int) -> None:
         """Raise ``DivergenceError`` if phi is not finite or the inner objective grew (module docstring)."""

@@ -23,6 +23,13 @@ class UnrolledAlgorithm(Algorithm):
 
     first_order = False
 
+    def _check_inner(self) -> None:
+        if not self.first_order and not self.inner.differentiable and self.backprop_steps() > 0:
+            raise ValueError(
+                f"{self.name} back-propagates through the inner steps, and inner_solver {self.inner.name!r} cannot be "
+                "back-propagated (its steps take Hessian-vector products): use it with imaml, rm_metal or fomaml"
+            )
+
     def backprop_steps(self) -> int:
         """T, the number of final inner steps back-propagated."""
         return self.inner_steps

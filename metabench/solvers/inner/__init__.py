@@ -14,6 +14,7 @@ from typing import Any
 from metabench.solvers.inner.base import InnerAccess, InnerSolver, State
 from metabench.solvers.inner.gd import GradientDescent, gradient_descent
 from metabench.solvers.inner.nesterov import Nesterov, nesterov
+from metabench.solvers.inner.newton_cg import NewtonCG, newton_cg
 
 __all__ = [
     "INNER_SOLVERS",
@@ -21,14 +22,16 @@ __all__ = [
     "InnerAccess",
     "InnerSolver",
     "Nesterov",
+    "NewtonCG",
     "State",
     "gradient_descent",
     "make_inner_solver",
     "nesterov",
+    "newton_cg",
 ]
 
 #: name -> factory; the factory's keyword ``lr`` is the flat option ``inner_lr``, others keep their names.
-INNER_SOLVERS = {"gd": gradient_descent, "nesterov": nesterov}
+INNER_SOLVERS = {"gd": gradient_descent, "nesterov": nesterov, "newton_cg": newton_cg}
 
 
 def make_inner_solver(name: str, *, inner_lr: float, **options: Any) -> InnerSolver:

@@ -34,6 +34,13 @@ class InnerAccess(Protocol):
     def hvp(self, phi: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """d2g_i/dphi2 (phi_i) u_i, stacked over tasks."""
 
+    def linearize(self, phi: torch.Tensor):
+        """The inner gradient at phi kept with its graph: ``.loss``, ``.grad`` and ``.hvp(u)`` (one inner gradient,
+        one product per ``hvp``); for solvers that take several products at one point."""
+
+    def value(self, phi: torch.Tensor) -> torch.Tensor:
+        """g_i(theta, phi_i), stacked over tasks (counted as an inner gradient: the oracle computes both)."""
+
 
 class InnerSolver(ABC):
     """K steps on g(theta, .) from phi0; ``options`` describe it in records (JSON-friendly)."""
@@ -41,6 +48,8 @@ class InnerSolver(ABC):
     name: ClassVar[str]
     #: whether ``step`` depends on (theta, k, state) alone, so that a segment of steps can be recomputed
     checkpointable: ClassVar[bool] = True
+    #: whether its steps can be back-propagated (False for a solver that takes Hessian-vector products)
+    differentiable: ClassVar[bool] = True
 
     @abstractmethod
     def init(self, phi0: torch.Tensor) -> State:
