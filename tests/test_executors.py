@@ -19,19 +19,10 @@ from metabench.results import RUN_DEPENDENT_FIELDS, comparable, read_records
 from metabench.sweep import Sweep, run_sweep
 from metabench.sweep.executors import make_executor
 from metabench.sweep.runner import contention
+from tests.test_sweep import TINY as SWEEP_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "problem": "linear_meta_regression",
-    "n_tasks": 2,
-    "dim": 4,
-    "n_train": 8,
-    "n_val": 4,
-    "kappa": 10.0,
-    "lam": 1.0,
-    "min_run_time": 0.001,
-    "threads": 1,
-}
+TINY = {**SWEEP_TINY, "threads": 1}  # one thread per case: serial and parallel runs pin the same
 FAULTS = ("tests.worker_faults",)
 
 
