@@ -72,6 +72,24 @@ def test_submitit_local_executor_gives_the_serial_records(tmp_path, serial_recor
     check_same_as_serial(tmp_path / "par.jsonl", serial_records, "submitit")
 
 
+def test_dask_workers_do_not_sample_the_cases_frames_and_a_cluster_that_does_is_warned_about():
+    """dask's profiler holds the running case's frames (and tensors): the live peak would depend on its timing."""
+    distributed = pytest.importorskip("distributed")
+    from metabench.sweep.executors.dask_cluster import ProfilerWarning, _profiling
+
+    own = make_executor("dask", workers=1)
+    own.start()
+    try:
+        assert not any(own._client.run(_profiling).values())
+    finally:
+        own.close()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        theirs = make_executor("dask", workers=1, scheduler=cluster.scheduler_address)
+        with pytest.warns(ProfilerWarning, match="DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False"):
+            theirs.start()
+        theirs.close()
+
+
 @pytest.mark.parametrize("name", ["local", "dask"])
 def test_a_case_that_kills_its_worker_is_failed_and_the_rest_measured(tmp_path, monkeypatch, name):
     if name == "dask":

@@ -12,13 +12,33 @@ elsewhere and gives up after ``retries`` + 1 deaths (dask's ``distributed.schedu
 1 here), raising ``KilledWorker``. dask blames every task that was on the dead worker, queued ones too, so
 ``KilledWorker`` is not taken as proof: the runner runs that case again alone, and only a case that kills
 its workers then as well becomes a ``failed`` record (an innocent neighbour is measured).
+
+**dask's sampling profiler is switched off** (``distributed.worker.profile.enabled``): every 10 ms it takes
+``sys._current_frames()`` of the worker threads and holds those frames, and with them the running case's
+local tensors, a little past their end. The live-tensor peak then depends on when the sampler fired
+(measured: imaml's peak on a 4-dimensional problem moved by 16 to 256 bytes between runs). A LocalCluster
+inherits the setting; a cluster of your own must start its workers with it
+(``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``), and ``start`` warns when one does not.
 """
 
 from __future__ import annotations
 
+import warnings
+
 from metabench.sweep.executors.base import Executor, WorkerLost, run_jobs_on_worker
 
-__all__ = ["DaskExecutor"]
+__all__ = ["PROFILER_OFF", "DaskExecutor", "ProfilerWarning"]
+
+# dask config for measuring workers: no retry storm, and no profiler holding the cases' frames
+PROFILER_OFF = {"distributed.worker.profile.enabled": False}
+
+
+class ProfilerWarning(UserWarning):
+    """dask workers that sample their threads' stacks: live-tensor peaks may vary by a few tensors."""
+
+
+def _profiling(dask_worker) -> bool:
+    return "profile" in dask_worker.periodic_callbacks
 
 
 def _distributed():
@@ -63,10 +83,19 @@ class DaskExecutor(Executor):
         import dask
 
         distributed = _distributed()
-        self._config = dask.config.set({"distributed.scheduler.allowed-failures": self.retries})
+        self._config = dask.config.set({"distributed.scheduler.allowed-failures": self.retries, **PROFILER_OFF})
         self._config.__enter__()
         if self.scheduler:
             self._client = distributed.Client(self.scheduler)
+            profiling = sorted(w for w, on in self._client.run(_profiling).items() if on)
+            if profiling:
+                warnings.warn(
+                    f"{len(profiling)} dask worker(s) run dask's sampling profiler ({', '.join(profiling[:3])}), "
+                    "which holds the running case's frames: live_peak_bytes may vary by a few tensors between runs. "
+                    "Start the workers with DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False.",
+                    ProfilerWarning,
+                    stacklevel=3,
+                )
         else:
             env = {var: str(self.threads or 1) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
             self._cluster = distributed.LocalCluster(
