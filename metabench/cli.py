@@ -146,6 +146,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _data_root(path: str) -> str:
+    """``--data-root``: an existing folder, as an absolute path (records say where their data came from)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"--data-root {path}: no such folder")
+    return str(root.resolve())
+
+
 def _run(args: argparse.Namespace) -> int:
     import importlib
 
@@ -154,6 +162,8 @@ def _run(args: argparse.Namespace) -> int:
     from metabench.sweep.runner import ContentionWarning, contention
 
     sweep = Sweep.from_file(args.config) if args.config else get_preset(args.preset)
+    if args.data_root is not None:
+        sweep.defaults["data_root"] = _data_root(args.data_root)
     for module in tuple(sweep.executor.get("imports", ())) + tuple(args.imports or ()):
         try:  # the user's registrations (algorithms, ...) exist before the cases are checked
             importlib.import_module(module)
@@ -539,6 +549,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", default="results", help="results folder (default results/); reruns resume")
     run.add_argument("--limit", type=_count, default=None, metavar="N", help="run at most N new cases (N >= 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--data-root",
+        default=None,
+        metavar="PATH",
+        help="folder the folder data sets read (dataset = omniglot, image_folders, mini_imagenet_csv, cifar_fs)",
+    )
     run.add_argument(
         "--dry-run", action="store_true", help="list the cases a run would take up and an estimated time; run nothing"
     )

@@ -112,6 +112,10 @@ RECORD_FIELDS: dict[str, str] = {
     "outer_steps": "training cases: outer steps T, else null",
     "outer_lr": "training cases: outer step size (resolved; 'auto' is 1/L_F, L_F = largest eigenvalue of F's Hessian)",
     "optimizer": "training cases: sgd or adam, else null",
+    "eval_every": "few-shot training cases: outer steps between validation accuracies, else null",
+    "eval_tasks": "few-shot training cases: validation episodes (fixed, from the val split), else null",
+    "fine_tune_steps": "few-shot training cases: inner steps of adaptation before the test accuracy, else null",
+    "test_tasks": "few-shot training cases: test episodes (from the test split), else null",
     # measures
     "time_median_s": "median wall time of one hypergradient (synchronised), seconds",
     "time_iqr_s": "interquartile range of the timed runs, seconds",
@@ -148,10 +152,18 @@ RECORD_FIELDS: dict[str, str] = {
     "trajectory": (
         "training cases: dict of lists over outer steps t = 0..T: objective_gap (F(theta_t) - F*, null where "
         "unavailable), exact_grad_norm, wall_time_s (cumulative hypergradient seconds), oracle_calls (cumulative "
-        "inner + outer gradients + HVPs + JVPs per task)"
+        "inner + outer gradients + HVPs + JVPs per task); few-shot training cases instead: wall_time_s and "
+        "oracle_calls over t = 0..T, and at each validation eval_step, eval_wall_time_s (training seconds so far), "
+        "val_accuracy, val_loss"
     ),
     "final_objective_gap": "training cases: F(theta_T) - F*, null where unavailable",
-    "total_wall_time_s": "training cases: seconds spent in the T hypergradients",
+    "total_wall_time_s": "training cases: seconds spent in the T hypergradients (few-shot: and optimizer steps)",
+    "task_source": "few-shot training cases: the task source (name, image shape, classes per split, the splits)",
+    "val_accuracy_best": "few-shot training cases: the best validation accuracy of the run",
+    "val_accuracy_final": "few-shot training cases: the validation accuracy after the last outer step",
+    "test_accuracy": "few-shot training cases: query accuracy on test episodes after fine_tune_steps of adaptation",
+    "test_loss": "few-shot training cases: query loss on those test episodes",
+    "eval_seconds": "few-shot training cases: seconds spent in validation and test (outside wall_time_s)",
     # provenance
     "case_wall_s": "seconds the case took in its worker, set-up and every instrument pass included (for ETAs)",
     "metabench_version": "installed metabench version",
@@ -175,6 +187,7 @@ RUN_DEPENDENT_FIELDS = frozenset(
         "case_wall_s",
         "compile_s",
         "total_wall_time_s",
+        "eval_seconds",
         "timestamp",
         "executor",
         "worker",
@@ -187,7 +200,7 @@ def comparable(record: dict) -> dict:
     """``record`` without its run-dependent fields (and a training trajectory without its wall times)."""
     out = {k: v for k, v in record.items() if k not in RUN_DEPENDENT_FIELDS}
     if isinstance(out.get("trajectory"), dict):
-        out["trajectory"] = {k: v for k, v in out["trajectory"].items() if k != "wall_time_s"}
+        out["trajectory"] = {k: v for k, v in out["trajectory"].items() if not k.endswith("wall_time_s")}
     return out
 
 

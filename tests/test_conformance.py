@@ -28,7 +28,11 @@ OPTIONS = {
     "neumann": {"neumann_iters": NEUMANN},
 }
 INNER_LR = {"linear_meta_regression": 0.1, "quadratic_bilevel": 0.5}  # 1/L and 1/(2L)
-REFUSED = {("fomaml", "quadratic_bilevel"), ("reptile", "quadratic_bilevel")}  # refused by design
+REFUSED = {  # refused by design
+    ("fomaml", "quadratic_bilevel"),
+    ("reptile", "quadratic_bilevel"),
+    ("anil", "quadratic_bilevel"),
+}
 
 
 def make_algorithm(name: str, problem_name: str, **extra) -> Algorithm:
@@ -212,6 +216,7 @@ def tasks(request):
 #: The oracle counts what the algorithm performs; this table is the definition it must meet.
 DEFINED = {
     "maml": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * K),
+    "anil": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * K),  # maml on the head
     "itd_bio": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * K),
     "truncated": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n, hvps=n * T),
     "fomaml": lambda n: OracleCounts(inner_grads=n * K, outer_grads=n),

@@ -90,7 +90,8 @@ def test_dask_workers_do_not_sample_the_cases_frames_and_a_cluster_that_does_is_
         theirs.close()
 
 
-@pytest.mark.parametrize("name", ["local", "dask"])
+# dask's variant waits out two worker deaths and restarts (about 35 s): run by `nox -s slow`
+@pytest.mark.parametrize("name", ["local", pytest.param("dask", marks=pytest.mark.slow)])
 def test_a_case_that_kills_its_worker_is_failed_and_the_rest_measured(tmp_path, monkeypatch, name):
     if name == "dask":
         pytest.importorskip("distributed")

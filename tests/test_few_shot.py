@@ -626,4 +626,4 @@ def test_bad_inputs_of_generators_and_models():
     with pytest.raises(ValueError, match="logits"):
         FewShotClassification(mlp(64, 1), *tasks)
     with pytest.raises(ValueError, match="formulation"):
-        FewShotClassification(tiny_net(), *tasks, formulation="anil")
+        FewShotClassification(tiny_net(), *tasks, formulation="protonet")

@@ -4,6 +4,7 @@ Each algorithm module is imported here, explicitly, so that it registers itself.
 """
 
 from metabench.algorithms import (  # noqa: F401
+    anil,
     fomaml,
     imaml,
     itd_bio,

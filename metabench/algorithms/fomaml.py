@@ -1,7 +1,8 @@
 """First-order MAML (Finn et al. 2017): d phi_K/d theta taken as d phi0/d theta = I.
 
 grad = grad_theta f(theta, phi_K) + (d phi0/d theta)' grad_phi f(theta, phi_K); on the MAML family
-this is mean_i grad L_i(phi_K,i). No second-order products, memory of one inner gradient.
+this is mean_i grad L_i(phi_K,i); on the few-shot anil formulation it is first-order ANIL (the backbone gets
+grad_theta f at phi_K, the head's initialisation grad_phi f). No second-order products, memory of one inner gradient.
 On the bilevel family phi0 does not depend on theta, so the approximation would drop the lower
 level entirely: refused with a clear error.
 """

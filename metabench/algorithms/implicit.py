@@ -9,7 +9,9 @@ After K inner steps (no graph kept), the hypergradient comes from the implicit-f
 For the MAML family (g = Lhat + lam/2||phi - theta||^2, f = L(phi)) the cross term is -lam I, so
 grad F = mean_i lam v_i with (H_i + lam I) v_i = grad L_i(phi): iMAML's (I + H_i/lam)^-1 grad L_i(phi).
 Memory does not depend on K. The identity needs g strongly convex in phi: a problem whose inner
-objective is not (MAML family with lam = 0) is refused with a clear error.
+objective is not (MAML family with lam = 0) is refused with a clear error, and so is the anil family
+(FewShotClassification's "anil" formulation: ANIL is its unrolled K-step objective, and an implicit
+hypergradient there has no reference to be checked against).
 
 Components: ``self.linear`` is the linear solver (a :class:`~metabench.solvers.LinearSolver`): the
 ``linear_solver`` option's instance, or the member's default built from its flat options
@@ -57,6 +59,13 @@ class ImplicitAlgorithm(Algorithm):
         return super().describe() | self.linear.options
 
     def check_problem(self, problem) -> None:
+        if problem.family == "anil":
+            raise ValueError(
+                f"{self.name} does not take the anil formulation: ANIL is defined by its K unrolled inner steps on "
+                "the head (use anil, maml, truncated or fomaml there), and an implicit hypergradient of its converged "
+                "head problem is neither verified nor given a float64 reference in metabench; for AID on a head use "
+                "formulation='bilevel', for iMAML formulation='maml' with lam > 0"
+            )
         require_hvp_mode(problem, self.hvp)  # a mode other than reverse runs only where it was checked right
         if not problem.inner_strongly_convex:
             detail = f" (lam = {problem.lam}; set lam > 0)" if hasattr(problem, "lam") else ""

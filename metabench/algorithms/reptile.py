@@ -7,7 +7,8 @@ so the direction is the mean inner gradient along the trajectory: it never looks
 hypergradient anyway (``rel_error_exact``), which is how far a Reptile update is from a meta-gradient step on
 the problem at hand; ``differentiated_objective`` is None (there is no objective it differentiates).
 
-Needs phi0 to depend on theta (MAML family), an inner solver with a step size alpha (gd or nesterov), and K >= 1.
+Needs phi0 to depend on theta (MAML family), an inner solver with a step size alpha (gd or nesterov), and K >= 1;
+refuses the anil formulation (phi is the head alone there, so the backbone would never move).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ class Reptile(UnrolledAlgorithm):
             raise ValueError(
                 f"reptile needs phi0 to depend on theta (MAML family); {type(problem).__name__} is "
                 f"{problem.family}-family with phi0 independent of theta, where theta would get no update"
+            )
+        if problem.family == "anil":
+            raise ValueError(
+                "reptile moves every weight of theta toward phi_K; in the anil formulation phi is the head alone, so "
+                "the backbone would get no update: use formulation='maml' (or anil, ANIL's meta-gradient)"
             )
 
     def _first_order(self, oracle, theta):

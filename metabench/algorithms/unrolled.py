@@ -1,4 +1,4 @@
-"""The unrolled (iterative differentiation) family: maml, truncated, itd_bio, fomaml, maml_checkpointed.
+"""The unrolled (iterative differentiation) family: maml, anil, truncated, itd_bio, fomaml, maml_checkpointed, reptile.
 
 phi_K = Solver^K(phi0(theta)); the hypergradient is d/dtheta mean_i f_i(theta, phi_K,i) with
 reverse-mode back-prop through the last T inner steps (phi_{K-T} held constant when T < K).

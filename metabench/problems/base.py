@@ -12,12 +12,15 @@ task. Since g_i depends on phi_i alone, the gradient of ``inner_loss(...).sum()`
 respect to the stacked ``phi`` is the stack of the per-task gradients (and likewise for
 Hessian-vector products), so algorithms vectorise over tasks with plain autograd.
 
-Two families (``family``):
+Three families (``family``):
 
 - ``"maml"``: phi has theta's shape, phi0(theta) = theta, f_i = L_i(phi) (validation loss),
   g_i = Lhat_i(phi) + lam/2 ||phi - theta||^2;
 - ``"bilevel"``: theta and phi differ, g_i is strongly convex in phi and phi0 does not
-  depend on theta.
+  depend on theta;
+- ``"anil"`` (ANIL: the inner loop adapts a head alone): theta = (backbone, head0) holds the head's
+  initialisation, phi is the head, phi0(theta) = head0 (a slice of theta: it depends on theta, but
+  phi does not have theta's shape), g_i = Lhat_i(backbone, phi) + lam/2 ||phi - head0||^2.
 
 Data live as tensors on one device and dtype; ``data_like(theta)`` returns (and caches)
 them on theta's device and dtype, so the computation follows theta.
@@ -34,7 +37,7 @@ from metabench._checks import check_finite_tensor, check_shape
 
 __all__ = ["BilevelProblem"]
 
-FAMILIES = ("maml", "bilevel")
+FAMILIES = ("maml", "bilevel", "anil")
 
 
 class BilevelProblem(ABC):
@@ -106,8 +109,8 @@ class BilevelProblem(ABC):
 
     @property
     def phi0_depends_on_theta(self) -> bool:
-        """True for the MAML family (phi0 = theta)."""
-        return self.family == "maml"
+        """True for the MAML family (phi0 = theta) and the anil family (phi0 = the head's slice of theta)."""
+        return self.family in ("maml", "anil")
 
     def data_like(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """The problem's tensors on ``theta``'s device and dtype (converted once, cached)."""

@@ -108,13 +108,15 @@ def omniglot_like_tasks(
     *,
     alphabet_seed: int = 0,
     noise: float = 0.05,
+    classes=None,
 ) -> TaskBatch:
     """N-way K-shot tasks over synthetic Omniglot-shaped characters, images (1, image_size, image_size).
 
     Characters 0..n_classes-1 are fixed by ``alphabet_seed`` (like a data set); ``seed`` draws each
     task's ``ways`` distinct characters (in a random order: label j is the j-th drawn) and every
     sample's jitter. Pixels lie in [0, 1] (strokes bright on a dark ground, ink saturating where strokes
-    cross) plus N(0, noise^2) noise.
+    cross) plus N(0, noise^2) noise. ``classes`` (default: all ``n_classes``) restricts the characters tasks
+    are drawn from, e.g. a meta-training split (:mod:`metabench.problems.task_sources`).
     """
     ways, shots, query, n_tasks = _check_episode(ways, shots, query, n_tasks)
     image_size = check_int("image_size", image_size, low=4)
@@ -125,8 +127,16 @@ def omniglot_like_tasks(
     dtype = _check_dtype(dtype)
     if ways > n_classes:
         raise ValueError(f"ways ({ways}) must be <= n_classes ({n_classes})")
+    pool = None
+    if classes is not None:
+        pool = torch.as_tensor([check_int("classes[]", c, low=0, high=n_classes - 1) for c in classes])
+        if pool.unique().numel() != pool.numel() or ways > pool.numel():
+            raise ValueError(f"classes must be distinct and at least ways ({ways}) many, got {pool.numel()}")
     gen = torch.Generator().manual_seed(seed)
-    classes = torch.stack([torch.randperm(n_classes, generator=gen)[:ways] for _ in range(n_tasks)])  # (T, N)
+    if pool is None:
+        classes = torch.stack([torch.randperm(n_classes, generator=gen)[:ways] for _ in range(n_tasks)])  # (T, N)
+    else:
+        classes = torch.stack([pool[torch.randperm(len(pool), generator=gen)[:ways]] for _ in range(n_tasks)])
     chars = {int(c): _character(int(c), alphabet_seed) for c in classes.unique()}
     per_class = shots + query
     control = torch.stack([chars[int(c)][0] for c in classes.flatten()])  # (T*N, S, 4, 2)

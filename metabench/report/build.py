@@ -3,7 +3,7 @@
 ``build_report(records, out_dir)`` writes ``report.md``, ``report.html`` (self-contained) and
 ``figures/*.png|svg`` under ``out_dir``, plus ``summary.md`` (every record in one table per sweep; the same
 tables close the report). Each part appears when the records hold what it needs (a Table 1 sweep, a bilevel
-sweep, training runs).
+sweep, training runs, few-shot runs meta-trained to accuracy).
 
 The text of the report depends on the records alone (and their order): no time of day, no absolute path, no
 dict or set order, so a report committed with its records (``reports/NAME/results/*.jsonl[.gz]``) is rebuilt
@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from metabench.report import figures
+from metabench.report.accuracy import accuracy_section
 from metabench.report.document import Figure, Link, Report, Section, Table, Text, fmt_number
 from metabench.report.figure2 import fig2a_section, fig2b_section
 from metabench.report.summary import summary_blocks, summary_markdown
@@ -183,8 +184,9 @@ def build_report(
             report.sections.append(_overview(records))
             table1 = table1_section(records)
             fig2 = (fig2a_section(records), fig2b_section(records))
+            accuracy = accuracy_section(records, out_dir / "figures")
             figure_section = _figures_section(records, out_dir / "figures", bar)
-            for part in (table1, *fig2, figure_section, _failures(records), _tables(records)):
+            for part in (table1, *fig2, accuracy, figure_section, _failures(records), _tables(records)):
                 if part is not None:
                     report.sections.append(part)
         bar.set_postfix_str("report")

@@ -903,7 +903,7 @@ def convergence(records: pd.DataFrame) -> Plot | None:
     """
     if "trajectory" not in records:
         return None
-    runs = records[records["trajectory"].apply(lambda t: isinstance(t, dict))]
+    runs = records[records["trajectory"].apply(lambda t: isinstance(t, dict) and "objective_gap" in t)]
     notes: list[str] = []
     drawn = runs[runs["status"].isin(["ok", "diverged"])]
     if len(runs) > len(drawn):

@@ -43,7 +43,16 @@ from metabench.measure import INSTRUMENTS, LiveTensorTracker, git_commit, machin
 from metabench.options import HEADLINE_OPTIONS
 from metabench.problems import available_problems
 from metabench.results import SCHEMA_VERSION
-from metabench.sweep.training import train_record, training_params
+from metabench.sweep.training import (
+    ACCURACY_FIELDS,
+    ACCURACY_TRAIN_DEFAULTS,
+    accuracy_train_record,
+    accuracy_training_params,
+    task_source_of,
+    train_record,
+    training_params,
+    trains_to_accuracy,
+)
 from metabench.vmap_check import verify_vmap
 
 __all__ = [
@@ -191,10 +200,11 @@ def _base_record(case: dict) -> dict:
         "seed": case.get("seed"),
         "threads": case.get("threads"),
         "mode": case.get("mode", "hypergradient"),
-        **{k: case.get(k) for k in ("outer_steps", "outer_lr", "optimizer")},
+        **{k: case.get(k) for k in ("outer_steps", "outer_lr", "optimizer", *ACCURACY_TRAIN_DEFAULTS)},
         "trajectory": None,
         "final_objective_gap": None,
         "total_wall_time_s": None,
+        **dict.fromkeys(ACCURACY_FIELDS),
         **dict.fromkeys(TRUTH_FIELDS),
     }
 
@@ -384,6 +394,15 @@ def _measure_case(case: dict, record: dict, instruments) -> dict:
         algorithm.check_problem(problem)
     except ValueError as err:
         raise CaseNotApplicable(str(err)) from None
+    if record["mode"] == "train" and trains_to_accuracy(problem):
+        try:
+            params, source = accuracy_training_params(case), task_source_of(case)
+        except ValueError as err:
+            raise InvalidCase(str(err)) from None
+        try:
+            return accuracy_train_record(record, prepared, params, source)
+        except Exception as err:
+            return _failure(record, err)
     if record["mode"] == "train":
         try:
             outer_steps, outer_lr, optimizer = training_params(case, problem, tasks)

@@ -1,6 +1,7 @@
 """Named sweeps: ``smoke`` (seconds), ``table1`` (iMAML's Table 1, from a least-compute plan), ``fig2a`` and
 ``fig2b`` (iMAML's Figure 2), ``bilevel`` (ITD-BiO / RM-MetaL setting), ``training`` (meta-training trajectories of
-every algorithm family), ``few_shot_truth``, ``conv_memory`` and ``conv_checkpointed`` (networks)."""
+every algorithm family), ``few_shot_truth``, ``conv_memory`` and ``conv_checkpointed`` (networks), ``train_rm_metal``
+and ``train_imaml`` (the papers' comparisons meta-trained to accuracy on few-shot tasks)."""
 
 from __future__ import annotations
 
@@ -250,6 +251,70 @@ PRESETS: dict[str, dict] = {
         "grid": [{"algorithm": ["maml", "maml_checkpointed"], "inner_steps": [20, 50]}],
     },
 }
+
+
+# Meta-training to accuracy (metabench.meta_train): fresh episodes each outer step, Adam, validation every 25
+# steps, test accuracy after 20 fine-tuning steps. Sized for a CPU: minutes, not the papers' GPU-days.
+_TRAINING = {
+    "problem": "few_shot_classification",
+    "mode": "train",
+    "dtype": "float32",
+    "threads": 1,
+    "ways": 5,
+    "query": 5,
+    "n_tasks": 1,
+    "filters": 32,
+    "optimizer": "adam",
+    "outer_lr": 1e-3,
+    "outer_steps": 200,
+    "task_batch": 4,
+    "eval_every": 25,
+    "eval_tasks": 20,
+    "test_tasks": 50,
+    "fine_tune_steps": 20,
+    "inner_lr": 0.1,
+}
+_TRAINING_DATA = {"dataset": ["omniglot_like", "digits"]}
+
+PRESETS["train_rm_metal"] = {
+    "name": "train_rm_metal",
+    "description": (
+        "RM-MetaL's comparison, meta-trained to accuracy: rm_metal and itd_bio on the bilevel formulation "
+        "(backbone + head, K = N = 20), maml (K = 5) and anil (head only, K = 5), 5-way 5-shot, conv4-32 with "
+        "BatchNorm, on the Omniglot-shaped generator and scikit-learn's digits: minutes on a CPU"
+    ),
+    "defaults": {**_TRAINING, "shots": 5, "norm": "batch"},
+    "grid": [
+        {"algorithm": ["rm_metal", "itd_bio"], "formulation": ["bilevel"], "inner_steps": [20], "cg_iters": [20]},
+        {"algorithm": ["maml"], "formulation": ["maml"], "inner_steps": [5]},
+        {"algorithm": ["anil"], "formulation": ["anil"], "inner_steps": [5]},
+    ],
+}
+PRESETS["train_imaml"] = {
+    "name": "train_imaml",
+    "description": (
+        "iMAML's Omniglot comparison, meta-trained to accuracy: imaml with GD (16 steps) and Hessian-free "
+        "(newton_cg, 2 Newton steps of 5 CG iterations) inner solvers at lam = 2 with 5 CG steps for the "
+        "meta-gradient, maml (K = 5), fomaml (K = 5) and reptile (K = 5), 5-way 1-shot, conv4-32 without "
+        "normalisation (CG meets negative curvature below -lam on the BatchNorm and GroupNorm nets), on the "
+        "Omniglot-shaped generator and scikit-learn's digits: minutes on a CPU"
+    ),
+    "defaults": {**_TRAINING, "shots": 1, "norm": "none", "formulation": "maml"},
+    "grid": [
+        {"algorithm": ["imaml"], "lam": [2.0], "inner_solver": ["gd"], "inner_steps": [16], "cg_iters": [5]},
+        {
+            "algorithm": ["imaml"],
+            "lam": [2.0],
+            "inner_solver": ["newton_cg"],
+            "inner_steps": [2],
+            "newton_cg_iters": [5],
+            "cg_iters": [5],
+        },
+        {"algorithm": ["maml", "fomaml", "reptile"], "lam": [0.0], "inner_steps": [5]},
+    ],
+}
+for _preset in ("train_rm_metal", "train_imaml"):
+    PRESETS[_preset]["grid"] = [{**block, **_TRAINING_DATA} for block in PRESETS[_preset]["grid"]]
 
 
 def get_preset(name: str) -> Sweep:

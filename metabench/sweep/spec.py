@@ -12,7 +12,9 @@ sweep is the union of its blocks, without duplicates. A case has three kinds of 
   mode (``"hypergradient"``: measure one hypergradient; ``"train"``: run ``metabench.train`` and
   keep the trajectory), and for training cases only (``TRAIN_DEFAULTS``) outer_steps, outer_lr
   (a float, or ``"auto"`` = 1/L_F, L_F the largest eigenvalue of the meta-objective's Hessian)
-  and optimizer (``"sgd"`` or ``"adam"``);
+  and optimizer (``"sgd"`` or ``"adam"``); few-shot training cases (meta-training to accuracy,
+  ``metabench.meta_train``) take ``ACCURACY_TRAIN_DEFAULTS`` too: eval_every, eval_tasks, fine_tune_steps,
+  test_tasks (and ``task_batch`` is their meta-batch of fresh episodes, 4 when None);
 - the problem's generator parameters (e.g. dim, kappa, lam for linear_meta_regression);
 - the algorithm's options (e.g. inner_steps, cg_iters).
 A parameter the case's problem or algorithm does not take is dropped (cg_iters means nothing to
@@ -40,6 +42,7 @@ from metabench.algorithms.registry import algorithm_class
 from metabench.measure.instruments import INSTRUMENTS
 from metabench.problems import available_problems
 from metabench.results import case_id
+from metabench.sweep.training import ACCURACY_TRAIN_DEFAULTS, trains_to_accuracy
 
 __all__ = ["MODES", "RUN_DEFAULTS", "TRAIN_DEFAULTS", "Sweep", "case_identity", "normalise_case"]
 
@@ -152,15 +155,18 @@ def normalise_case(flat: dict[str, Any]) -> dict[str, Any] | None:
     if run["mode"] == "train":  # no timed runs: min_run_time means nothing to a training case
         del run["min_run_time"]
         run.update({k: flat.get(k, v) for k, v in TRAIN_DEFAULTS.items()})
+        if trains_to_accuracy(available_problems()[run["problem"]]):
+            run.update({k: flat.get(k, v) for k, v in ACCURACY_TRAIN_DEFAULTS.items()})
     problem_params = _problem_params(run["problem"])
     options = _option_names(run["algorithm"])
     all_options = _all_option_names()
     all_problem_params = set().union(*(_problem_params(p) for p in available_problems()))
-    unknown = set(flat) - set(RUN_DEFAULTS) - set(TRAIN_DEFAULTS) - all_problem_params - all_options
+    training = set(TRAIN_DEFAULTS) | set(ACCURACY_TRAIN_DEFAULTS)
+    unknown = set(flat) - set(RUN_DEFAULTS) - training - all_problem_params - all_options
     if unknown:
         raise ValueError(
             f"unknown sweep parameter(s) {sorted(unknown)}; run parameters: {sorted(RUN_DEFAULTS)}, "
-            f"training parameters: {sorted(TRAIN_DEFAULTS)}, "
+            f"training parameters: {sorted(training)}, "
             f"problem parameters: {sorted(all_problem_params)}, algorithm options: {sorted(all_options)}"
         )
     params = {}

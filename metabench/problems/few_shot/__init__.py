@@ -1,6 +1,6 @@
 """Few-shot learning with a neural network: N-way K-shot classification (or regression) tasks, as a package.
 
-- :mod:`.problem`: :class:`FewShotClassification`, its two formulations ("maml", "bilevel"), task checks and
+- :mod:`.problem`: :class:`FewShotClassification`, its three formulations ("maml", "bilevel", "anil"), task checks and
   the loop / vmap batching paths (whose check, :func:`metabench.vmap_check.verify_vmap`, lives above);
 - :mod:`.network`: flat vectors <-> named weight views, the functional call, the data loss, norm detection;
 - :mod:`.workloads`: the named factories (omniglot_like, imaml_omniglot, digits, sinusoid, generate);

@@ -6,7 +6,7 @@ import torch
 
 __all__ = ["DATASETS", "DEFAULT_REG", "FORMULATIONS", "LOSSES", "PATHS", "check_choice", "check_dtype"]
 
-FORMULATIONS = ("maml", "bilevel")
+FORMULATIONS = ("maml", "bilevel", "anil")
 PATHS = ("auto", "loop", "vmap")
 LOSSES = ("cross_entropy", "mse")
 DATASETS = ("omniglot_like", "digits", "sinusoid")

@@ -1,8 +1,8 @@
-"""``FewShotClassification``: N-way K-shot tasks for a user-given network, in one of two formulations.
+"""``FewShotClassification``: N-way K-shot tasks for a user-given network, in one of three formulations.
 
 Task i has a support set (X_s, y_s) and a query set (X_q, y_q); ``loss(set; w)`` is the mean cross-entropy
-(or mean squared error) of the network's output with weights w (:mod:`.network`). Two formulations of the same
-network (``formulation``):
+(or mean squared error) of the network's output with weights w (:mod:`.network`). Three formulations of the
+same network (``formulation``):
 
 ``"maml"`` (MAML family; MAML, iMAML)
     theta = phi = all weights, flattened (``theta_shape == phi_shape == (P,)``), phi0 = theta,
@@ -14,13 +14,27 @@ network (``formulation``):
     f_i = loss(query; theta, phi_i). Cross-entropy of a linear model is convex in its weights, so
     g_i is reg-strongly convex in phi_i.
 
+``"anil"`` (anil family; ANIL, Raghu et al. 2020, "Rapid learning or feature reuse?": MAML on the head alone)
+    theta = all weights, flattened as in "maml" (the backbone and the head's initialisation head0(theta):
+    :meth:`~FewShotClassification.initial_theta` is the same vector), phi = the head's weight and bias,
+    flattened as in "bilevel", phi0_i = head0(theta), the head's slice of theta (a view, expanded over tasks,
+    so differentiable in theta), g_i = loss(support; backbone(theta), phi_i) + lam/2 ||phi_i - head0(theta)||^2
+    (lam >= 0, default 0: ANIL itself), f_i = loss(query; backbone(theta), phi_i). The inner loop adapts the
+    head alone; theta reaches F through the backbone (in every inner step and in the query loss) and through
+    the head's initialisation (phi0 and the proximal term).
+
 **Strong convexity (``inner_strongly_convex``).** The bilevel formulation is strongly convex, and says
 so. The MAML formulation is not convex (a network), not even with lam > 0; but the proximal term makes
 g_i locally strongly convex wherever lam exceeds the most negative curvature of the support loss,
 which is iMAML's working assumption. ``inner_strongly_convex`` is therefore True for the MAML
 formulation exactly when lam > 0, so the implicit methods (imaml, rm_metal, neumann) run with lam > 0
 and refuse lam = 0; :attr:`inner_convexity` states which case holds (``"strong"``, ``"proximal"``,
-``"none"``), and a CG that meets negative curvature raises ``SolverBreakdown``.
+``"convex"``, ``"none"``), and a CG that meets negative curvature raises ``SolverBreakdown``. The anil
+formulation's g_i is a loss of a linear head on fixed features where the head is the network's last
+operation (checked once, on the first task): convex in phi_i (``"convex"``, lam = 0: cross-entropy is flat
+along a shift of every logit, so not strongly convex) and lam-strongly convex for lam > 0 (``"strong"``);
+where something follows the head it is judged as the MAML formulation is (``"proximal"`` / ``"none"``).
+The implicit methods refuse the anil formulation all the same (``ImplicitAlgorithm.check_problem``).
 
 **Normalisation.** Normalisation layers must not keep running statistics (the loss would depend on
 call history): BatchNorm normalises with the statistics of the batch it sees, the support set in g
@@ -77,7 +91,7 @@ class VmapNotVerifiedError(MetabenchError):
 
 
 class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelProblem):
-    """Few-shot tasks for a user-given network, in the MAML or the bilevel formulation (module docstring).
+    """Few-shot tasks for a user-given network, in the MAML, the bilevel or the anil formulation (module docstring).
 
     Build it from stacked task tensors (leading task dimension T)::
 
@@ -87,7 +101,7 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
     in 0..ways-1 (for ``loss="mse"``, y_* of the output's shape (T, n, out)); or with a factory
     (:mod:`.workloads`): :meth:`omniglot_like` (the maml_omniglot workload), :meth:`imaml_omniglot`,
     :meth:`digits`, :meth:`sinusoid`, or :meth:`generate` (the sweep's entry point). ``head`` names the
-    linear head (default: the model's last ``nn.Linear``), which the bilevel formulation adapts. Flat
+    linear head (default: the model's last ``nn.Linear``), which the bilevel and anil formulations adapt. Flat
     vectors list the weights in ``model.named_parameters()`` order (:attr:`theta_names`, :attr:`phi_names`);
     :meth:`initial_theta` is the model's own weights.
     """
@@ -120,12 +134,15 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
         if self.formulation == "bilevel":
             if self.lam != 0.0:
                 raise ValueError(
-                    f"lam is the MAML formulation's proximal weight; the bilevel formulation takes reg, got lam = {lam}"
+                    "lam is the proximal weight of the MAML and anil formulations; the bilevel formulation takes "
+                    f"reg, got lam = {lam}"
                 )
             self.reg = DEFAULT_REG if reg is None else check_real("reg", reg, low=0.0, low_open=True)
         elif reg is not None:
+            which = "MAML" if self.formulation == "maml" else "anil"
             raise ValueError(
-                f"reg is the bilevel formulation's l2 weight; the MAML formulation takes lam, got reg = {reg}"
+                f"reg is the bilevel formulation's l2 weight; the {which} formulation takes lam (its proximal "
+                f"weight), got reg = {reg}"
             )
         else:
             self.reg = None
@@ -139,16 +156,24 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
         # the network: a private copy in eval mode, without running statistics, its weights frozen
         initial = {name: p.detach().clone() for name, p in model.named_parameters()}
         self._model, spec = network.prepare_model(model)
-        self.head = network.find_head(self._model, head, required=self.formulation == "bilevel")
+        self.head = network.find_head(self._model, head, required=self.formulation != "maml")
         head_module = self._model.get_submodule(self.head) if self.head is not None else nn.Module()
         head_names = {f"{self.head}.{n}" for n, _ in head_module.named_parameters()}
+        self._head_range: tuple[int, int] | None = None
         if self.formulation == "maml":
             self._theta_spec = self._phi_spec = spec
         else:
-            self._theta_spec = [s for s in spec if s[0] not in head_names]
+            backbone = [s for s in spec if s[0] not in head_names]
             self._phi_spec = [s for s in spec if s[0] in head_names]
-            if not self._theta_spec:
-                raise ValueError("the bilevel formulation needs a backbone: model has no parameters outside its head")
+            if self.formulation == "bilevel":
+                self._theta_spec = backbone
+                if not backbone:
+                    raise ValueError(
+                        "the bilevel formulation needs a backbone: model has no parameters outside its head"
+                    )
+            else:  # anil: theta is every weight, the head's initialisation included; phi0 is its slice
+                self._theta_spec = spec
+                self._head_range = _head_range(spec, self._phi_spec)
         self._initial = initial
         self.theta_shape = (sum(s[2] for s in self._theta_spec),)
         self.phi_shape = (sum(s[2] for s in self._phi_spec),)
@@ -217,6 +242,27 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
             self._model, **self._data, formulation="maml", lam=lam, loss=self.loss, path=self.path, meta=self._meta
         )
 
+    def with_tasks(self, X_support, y_support, X_query, y_query) -> FewShotClassification:
+        """The same network, formulation, regularisation, loss, head and path on other tasks (meta-training's
+        fresh episodes, :mod:`metabench.meta_train`); what the first forward checked about the head carries over."""
+        other = FewShotClassification(
+            self._model,
+            X_support,
+            y_support,
+            X_query,
+            y_query,
+            formulation=self.formulation,
+            lam=self.lam,
+            reg=self.reg,
+            loss=self.loss,
+            path=self.path,
+            head=self.head,
+            meta=self._meta,
+        )
+        if "_head_is_last" in self.__dict__:
+            other._head_is_last = self._head_is_last
+        return other
+
     @property
     def theta_names(self) -> list[str]:
         """The module's parameter names in theta, in order."""
@@ -233,13 +279,22 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
         return flat.to(device=device or self.device, dtype=dtype or self.dtype)
 
     def named_weights(self, theta: torch.Tensor, phi: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The module's weights as a name -> tensor dict (views) for one task: phi (``phi_shape``) holds the
-        adapted weights; ``phi=None`` means phi0 (theta itself for "maml", a zero head for "bilevel")."""
+        """The module's weights as a name -> tensor dict (views, in ``named_parameters`` order) for one task: phi
+        (``phi_shape``) holds the adapted weights, every weight for "maml", the head for "bilevel" and "anil"
+        (the backbone then comes from theta); ``phi=None`` means phi0 (theta itself for "maml", a zero head for
+        "bilevel", the head's slice of theta for "anil")."""
         if phi is None:
-            phi = theta if self.formulation == "maml" else theta.new_zeros(self.phi_shape)
+            phi = self.inner_init(theta, [0])[0]
         if self.formulation == "maml":
             return network.views(phi, self._phi_spec)
         return {**network.views(theta, self._theta_spec), **network.views(phi, self._phi_spec)}
+
+    def head_init(self, theta: torch.Tensor) -> torch.Tensor:
+        """head0(theta), the head's initial weight and bias in theta ("anil" only): a view of theta's slice."""
+        if self._head_range is None:
+            raise ValueError(f"head_init is the anil formulation's; this problem is {self.formulation!r}")
+        start, stop = self._head_range
+        return theta[..., start:stop]
 
     def data_like(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """The task tensors on theta's device; inputs (and regression targets) in theta's dtype, labels integer."""
@@ -282,14 +337,16 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
     # ------------------------------------------------------------------ objectives
     def inner_loss(self, theta, phi, tasks):
         """g_i = loss(support; phi_i) + lam/2 ||phi_i - theta||^2 ("maml"), loss(support; theta, phi_i) +
-        reg/2 ||phi_i||^2 ("bilevel"), per task: shape (len(tasks),)."""
+        reg/2 ||phi_i||^2 ("bilevel"), loss(support; backbone(theta), phi_i) + lam/2 ||phi_i - head0(theta)||^2
+        ("anil"), per task: shape (len(tasks),)."""
         d = self.batch_data(theta, tasks)
         loss = self._network_losses(theta, phi, d["X_support"], d["y_support"])
-        if self.formulation == "maml":
-            if self.lam > 0:
-                loss = loss + 0.5 * self.lam * (phi - theta).pow(2).sum(-1)
-            return loss
-        return loss + 0.5 * self.reg * phi.pow(2).sum(-1)
+        if self.formulation == "bilevel":
+            return loss + 0.5 * self.reg * phi.pow(2).sum(-1)
+        if self.lam > 0:
+            anchor = theta if self.formulation == "maml" else self.head_init(theta)
+            loss = loss + 0.5 * self.lam * (phi - anchor).pow(2).sum(-1)
+        return loss
 
     def outer_loss(self, theta, phi, tasks):
         """f_i = loss(query; weights of task i), per task: shape (len(tasks),)."""
@@ -297,24 +354,31 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
         return self._network_losses(theta, phi, d["X_query"], d["y_query"])
 
     def inner_init(self, theta, tasks):
-        """phi0_i = theta ("maml", an expanded view) or 0 ("bilevel"), stacked over tasks."""
-        if self.formulation == "maml":
-            return theta.unsqueeze(0).expand(len(tasks), *self.phi_shape)
-        return theta.new_zeros(len(tasks), *self.phi_shape)
+        """phi0_i = theta ("maml"), 0 ("bilevel") or head0(theta), the head's slice of theta ("anil"), stacked
+        over tasks (for "maml" and "anil" an expanded view of theta, which keeps its graph)."""
+        if self.formulation == "bilevel":
+            return theta.new_zeros(len(tasks), *self.phi_shape)
+        start = theta if self.formulation == "maml" else self.head_init(theta)
+        return start.unsqueeze(0).expand(len(tasks), *self.phi_shape)
 
     @property
     def inner_strongly_convex(self) -> bool:
         """True for the bilevel formulation (reg > 0); for the MAML formulation True iff lam > 0, as iMAML
         assumes (module docstring): the proximal term makes g locally strongly convex for lam large enough
-        (above the most negative curvature of the support loss). :attr:`inner_convexity` says which holds."""
-        return self.formulation == "bilevel" or self.lam > 0
+        (above the most negative curvature of the support loss); for the anil formulation True iff lam > 0
+        (provably, where the head is the network's last operation). :attr:`inner_convexity` says which holds."""
+        return self.inner_convexity in ("strong", "proximal")
 
     @property
     def inner_convexity(self) -> str:
-        """``"strong"`` (bilevel: provably reg-strongly convex), ``"proximal"`` (MAML, lam > 0: assumed
-        locally strongly convex, as in iMAML) or ``"none"`` (MAML, lam = 0)."""
+        """``"strong"`` (bilevel: provably reg-strongly convex; anil with lam > 0 and the head last: a convex
+        head loss plus lam/2 ||phi - head0||^2), ``"convex"`` (anil, lam = 0, the head last: convex, not
+        strongly), ``"proximal"`` (MAML, or anil with something after the head, lam > 0: assumed locally
+        strongly convex, as in iMAML) or ``"none"`` (those with lam = 0)."""
         if self.formulation == "bilevel":
             return "strong"
+        if self.formulation == "anil" and self._head_is_network_output():
+            return "strong" if self.lam > 0 else "convex"
         return "proximal" if self.lam > 0 else "none"
 
     def default_task_chunk(self, theta: torch.Tensor) -> int | None:
@@ -332,8 +396,14 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
     @property
     def has_feature_head(self) -> bool:
         """True in the bilevel formulation when the head's output is the network's output (checked once on the
-        first task: model(X) equals head(features(X))); then :meth:`feature_head` applies (:mod:`.head`)."""
-        if self.formulation != "bilevel":
+        first task: model(X) equals head(features(X))); then :meth:`feature_head` applies (:mod:`.head`).
+        False in the anil formulation (its inner problem is a head too, but features once is not offered there)."""
+        return self.formulation == "bilevel" and self._head_is_network_output()
+
+    def _head_is_network_output(self) -> bool:
+        """Whether the head's output is the network's output (checked once on the first task, cached as
+        ``_head_is_last``); False without a head."""
+        if self.head is None:
             return False
         if "_head_is_last" not in self.__dict__:
             theta = self.initial_theta()
@@ -461,3 +531,16 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
             "vmap_check_agree": None if check is None else check["agree"],
             **meta,
         }
+
+
+def _head_range(spec: network.Spec, head_spec: network.Spec) -> tuple[int, int]:
+    """(start, stop) of the head's weights in a flat vector laid out by ``spec`` (they are adjacent: an
+    ``nn.Linear``'s weight and bias come one after the other in ``named_parameters``)."""
+    offsets, start = {}, 0
+    for name, _, numel in spec:
+        offsets[name] = (start, start + numel)
+        start += numel
+    ranges = [offsets[name] for name, _, _ in head_spec]
+    if any(a[1] != b[0] for a, b in zip(ranges, ranges[1:])):
+        raise ValueError(f"the head's parameters {[s[0] for s in head_spec]} are not adjacent in named_parameters()")
+    return ranges[0][0], ranges[-1][1]

@@ -126,6 +126,12 @@ class ReferenceHypergradient:
         linear_iters = check_int("linear_iters", linear_iters, low=1)
         if linear_solver not in LINEAR_SOLVERS:
             raise ValueError(f"linear_solver must be one of {list(LINEAR_SOLVERS)}, got {linear_solver!r}")
+        if self.formulation not in INNER_ITERS:
+            raise ValueError(
+                f"reference_hypergradient covers the 'maml' and 'bilevel' formulations, not {self.formulation!r}; "
+                "the truth of the anil formulation is reference_algorithm_gradient, the derivative of its K-step "
+                "objective (what anil computes)"
+            )
         default_iters = INNER_ITERS[self.formulation]
         inner_iters = default_iters if inner_iters is None else check_int("inner_iters", inner_iters, low=1)
         if self.formulation == "maml" and self.lam <= 0:
@@ -409,7 +415,8 @@ class ReferenceHypergradient:
         lr = ``inner_lr``), back-propagated through the last T = ``truncate`` steps (None: all K; for T < K,
         phi_{K-T,i} is held constant, so theta enters only through g_i and f_i thereafter). With T = K this is
         the MAML objective's own gradient (its truth when lam = 0, where no implicit hypergradient exists), and
-        for any lam it is exactly what maml / truncated / itd_bio compute. A plain loop of
+        for any lam it is exactly what maml / truncated / itd_bio compute (and anil, the anil formulation's truth:
+        phi0 is then the head's slice of theta, and the derivative reaches it and the backbone). A plain loop of
         ``torch.autograd.grad(create_graph=True)`` per task, on the loop path, in float64; returns a float64
         tensor of theta's shape on the problem's device.
         """

@@ -180,8 +180,14 @@ class FewShotWorkloads:
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         downsample: str = "maxpool",
+        data_root: str | None = None,
     ) -> FewShotClassification:
         """One entry point with JSON-friendly parameters (what a sweep case passes).
+
+        ``dataset`` may also name a folder task source (``"omniglot"``, ``"image_folders"``, ``"mini_imagenet_csv"``,
+        ``"cifar_fs"``: :mod:`metabench.problems.data_folders`), read from ``data_root``; the tasks are episodes of
+        its train split and the conv net takes its channels and ``image_size`` (default: the layout's). Generated
+        data sets ignore ``data_root``, so one ``--data-root`` serves a sweep that mixes both.
 
         ``dataset``: ``"omniglot_like"`` (``image_size`` default 28), ``"digits"`` (8x8; ``image_size``
         must be None or 8) or ``"sinusoid"`` (MLP regression; ``ways``, ``norm``, ``filters``,
@@ -190,7 +196,27 @@ class FewShotWorkloads:
         norm -> activation -> 2x2 pool blocks; ``"stride"``: stride-2 conv -> norm -> activation blocks, no
         pooling, the net of iMAML's Omniglot code) shape the conv net (``models.conv4``).
         """
-        dataset = check_choice("dataset", dataset, DATASETS)
+        if dataset not in DATASETS:
+            return cls._from_folder(
+                dataset,
+                data_root,
+                ways,
+                shots,
+                query,
+                n_tasks,
+                formulation,
+                lam,
+                reg,
+                norm,
+                filters,
+                image_size,
+                path,
+                activation,
+                pool,
+                seed,
+                dtype,
+                downsample,
+            )
         common = {"formulation": formulation, "lam": lam, "seed": seed, "dtype": dtype, "reg": reg, "path": path}
         net = {"filters": filters, "norm": norm, "activation": activation, "pool": pool, "downsample": downsample}
         if dataset == "omniglot_like":
@@ -201,6 +227,47 @@ class FewShotWorkloads:
                 raise ValueError(f"image_size must be None or 8 for the 8x8 digits, got {image_size!r}")
             return cls.digits(ways, shots, query, n_tasks, **net, **common)
         return cls.sinusoid(shots, query, n_tasks, **common)
+
+    @classmethod
+    def _from_folder(
+        cls,
+        dataset,
+        data_root,
+        ways,
+        shots,
+        query,
+        n_tasks,
+        formulation,
+        lam,
+        reg,
+        norm,
+        filters,
+        image_size,
+        path,
+        activation,
+        pool,
+        seed,
+        dtype,
+        downsample,
+    ) -> FewShotClassification:
+        """``generate`` for a folder task source: train-split episodes and a conv4 sized for its images."""
+        from metabench.problems.task_sources import make_task_source, task_source_names
+
+        folders = [n for n in task_source_names() if n not in DATASETS]
+        if dataset not in folders:
+            raise ValueError(f"dataset must be one of {list(DATASETS) + folders}, got {dataset!r}")
+        dtype = check_dtype(dtype)
+        check_choice("formulation", formulation, FORMULATIONS)
+        check_real("lam", lam, low=0.0)
+        check_choice("norm", norm, NORMS)
+        check_choice("downsample", downsample, DOWNSAMPLES)
+        source = make_task_source(dataset, data_root, **({} if image_size is None else {"image_size": image_size}))
+        tasks = source.tasks("train", ways, shots, query, n_tasks, seed=seed, dtype=dtype)
+        net = {"norm": norm, "seed": seed, "activation": activation, "pool": pool, "downsample": downsample}
+        model = conv4(source.channels, ways, filters=filters, image_size=source.image_size, **net)
+        meta = {"dataset": dataset, "seed": seed, "filters": filters, "image_size": source.image_size, "norm": norm}
+        meta.update(_net_meta(activation, pool, downsample))
+        return cls(model, *tasks, formulation=formulation, lam=lam, reg=reg, path=path, meta=meta)
 
 
 def _net_meta(activation: str, pool: str, downsample: str) -> dict:
