@@ -405,16 +405,30 @@ def _certify(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from metabench.algorithms import available_algorithms, get_algorithm
-    from metabench.problems import available_problems
+    from metabench.algorithms import get_algorithm
+    from metabench.algorithms.registry import ALGORITHMS
+    from metabench.problems import DATASETS, MODELS, PROBLEMS, problem_params
+    from metabench.problems.task_sources import task_source_names
     from metabench.sweep import PRESETS
 
+    task_source_names()  # the folder layouts register on import
     print("algorithms:")
-    for name in available_algorithms():
-        print(f"  {name:18s} options: {', '.join(get_algorithm(name).options)}")
+    for name, origin in ALGORITHMS.origins().items():
+        if origin.startswith("failed: "):
+            print(f"  {name:18s} FAILED TO LOAD: {origin[len('failed: ') :]}")
+        else:
+            print(f"  {name:18s} options: {', '.join(get_algorithm(name).options)}  [{origin}]")
     print("problems:")
-    for name in available_problems():
-        print(f"  {name}")
+    for name, origin in PROBLEMS.origins().items():
+        if origin.startswith("failed: "):
+            print(f"  {name:18s} FAILED TO LOAD: {origin[len('failed: ') :]}")
+        else:
+            print(f"  {name:18s} parameters: {', '.join(problem_params(PROBLEMS.get(name)))}  [{origin}]")
+    for title, registry in (("models:", MODELS), ("datasets (task sources):", DATASETS)):
+        print(title)
+        for name, origin in registry.origins().items():
+            shown = f"FAILED TO LOAD: {origin[len('failed: ') :]}" if origin.startswith("failed: ") else f"[{origin}]"
+            print(f"  {name:18s} {shown}")
     print("presets:")
     for name, spec in PRESETS.items():
         print(f"  {name:18s} {spec.get('description', '')}")
@@ -422,14 +436,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _profile_defaults(problem: str) -> dict:
-    """The flat case ``metabench profile`` starts from: the problem's standard size (``metabench.sweep.sizes``)."""
-    from metabench.sweep.sizes import STANDARD, problem_case
+    """The flat case ``metabench profile`` starts from: the problem's standard size and profile parameters, as the
+    problem declares them (``metabench.sweep.sizes``)."""
+    from metabench.sweep.sizes import profile_case
 
-    if problem not in STANDARD:
-        raise ValueError(f"unknown problem {problem!r}; profile knows: {sorted(STANDARD)}")
-    if problem == "few_shot_classification":  # lam > 0 so the implicit methods apply; float32 as people train
-        return problem_case(problem, lam=1.0, inner_lr=0.1, dtype="float32")
-    return problem_case(problem, kappa=10.0)
+    return profile_case(problem)
 
 
 def _parse_value(text: str):
@@ -665,7 +676,10 @@ def main(argv: list[str] | None = None) -> int:
     cert.add_argument("--report", default=None, metavar="DIR", help="write DIR/verdict.md and DIR/verdict.json")
     cert.set_defaults(func=_certify)
 
-    lst = sub.add_parser("list", help="algorithms, problems and presets")
+    lst = sub.add_parser(
+        "list",
+        help="algorithms, problems, models, data sets (built-in and plugins', with where each comes from), presets",
+    )
     lst.set_defaults(func=_list)
 
     prof = sub.add_parser("profile", help="torch.profiler trace of one hypergradient (TensorBoard, Perfetto)")

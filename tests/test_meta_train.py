@@ -272,3 +272,15 @@ def test_a_sweep_reads_a_folder_given_by_data_root_for_hypergradients_and_traini
     assert main([*argv, "--out", str(tmp_path / "none")]) == 1  # no --data-root: invalid records that say why
     errors = [r["error"] for r in read_records(tmp_path / "none" / "folder.jsonl")]
     assert all("data_root" in e for e in errors), errors
+
+
+def test_problem_parameters_added_later_keep_the_committed_few_shot_case_ids():
+    from pathlib import Path
+
+    from metabench.sweep import get_preset
+
+    root = Path(__file__).resolve().parents[1] / "reports" / "conv_checkpointed" / "results"
+    committed = {r["case_id"] for f in sorted(root.glob("*.jsonl*")) for r in read_records(f)}
+    assert committed and committed == {c["case_id"] for c in get_preset("conv_checkpointed").cases()}
+    with_root = Sweep(name="acc", defaults={**TRAIN, "data_root": "/data"}, grid=[{"algorithm": ["maml"]}]).cases()
+    assert with_root[0]["case_id"] != _case()["case_id"]  # a given data_root is part of the case

@@ -2,59 +2,45 @@
 
 A new algorithm is one file: a subclass of ``UnrolledAlgorithm`` or ``ImplicitAlgorithm``
 decorated with ``@register``, imported in ``metabench/algorithms/__init__.py``. Another
-package registers by exposing the class under the entry-point group ``metabench.algorithms``.
+package registers by exposing the class under the entry-point group ``metabench.algorithms`` (the entry
+point's name is the class's ``name``); see :mod:`metabench.registry` (lazy, a failing plugin is reported).
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-
 from metabench.algorithms.base import Algorithm
+from metabench.registry import Registry
 
-__all__ = ["algorithm_class", "available_algorithms", "get_algorithm", "register"]
+__all__ = ["ALGORITHMS", "algorithm_class", "available_algorithms", "get_algorithm", "register"]
 
-_REGISTRY: dict[str, type[Algorithm]] = {}
-_ENTRY_POINT_GROUP = "metabench.algorithms"
+
+def _check(name: str, cls) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise TypeError(f"algorithm {name!r} must be an Algorithm subclass, got {cls!r}")
+    if cls.name != name:
+        raise ValueError(f"algorithm {cls.__qualname__} is named {cls.name!r}, not {name!r} (its entry point's name)")
+
+
+#: the algorithms by name (built-in ones register on import; plugins' load lazily and never break the rest)
+ALGORITHMS = Registry("algorithm", "metabench.algorithms", _check)
 
 
 def register(cls: type[Algorithm]) -> type[Algorithm]:
     """Class decorator: make ``cls`` available as ``get_algorithm(cls.name)``."""
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
         raise TypeError(f"register expects an Algorithm subclass, got {cls!r}")
-    existing = _REGISTRY.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"an algorithm named {cls.name!r} is already registered ({existing.__qualname__})")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-_entry_points_loaded = False
-
-
-def _load_entry_points() -> None:
-    """Register the classes other packages expose under the entry-point group (once per process)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=_ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            register(ep.load())
+    return ALGORITHMS.register(cls.name, cls)
 
 
 def available_algorithms() -> list[str]:
-    """Names accepted by ``get_algorithm``, sorted."""
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    """Names accepted by ``get_algorithm``, sorted (a plugin that failed to load is in ``ALGORITHMS.broken()``)."""
+    return ALGORITHMS.names()
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
-    """The registered class of ``name``; an unknown name raises a ValueError listing the available ones."""
-    if name not in _REGISTRY:
-        _load_entry_points()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown algorithm {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    """The registered class of ``name``; an unknown name raises a ValueError listing the available ones, a plugin
+    that failed to load a ``PluginError`` saying why."""
+    return ALGORITHMS.get(name)
 
 
 def get_algorithm(name: str, **options) -> Algorithm:

@@ -48,6 +48,16 @@ class BilevelProblem(ABC):
     """
 
     family: ClassVar[str]
+    #: ``generate`` parameters of a small instance, for the conformance suite run over every registered problem
+    #: (``tests/test_registered_problems.py``); empty: ``generate``'s defaults
+    conformance_params: ClassVar[dict] = {}
+    #: ``generate`` parameters of the standard instance the presets, ``metabench profile`` and the asv suites build
+    #: (``metabench.sweep.sizes``), and the case parameters ``metabench profile`` adds; empty: the defaults
+    standard_params: ClassVar[dict] = {}
+    profile_params: ClassVar[dict] = {}
+    #: ``generate`` parameters added after records of the problem existed: name -> default; a case at that default
+    #: leaves it out of its ``case_id``, so stores written before it keep resuming
+    later_params: ClassVar[dict] = {}
     truth: ClassVar[str] = "none"
     """What errors are measured against: "exact" (closed forms), "reference" (a float64 reference), "none"."""
     n_tasks: int

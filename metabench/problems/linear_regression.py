@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from numbers import Integral
+from typing import ClassVar
 
 import torch
 
@@ -42,12 +43,14 @@ from metabench.problems._random import (
     uniform_spectrum,
 )
 from metabench.problems.base import BilevelProblem
+from metabench.problems.registry import PROBLEMS
 
 __all__ = ["LinearMetaRegression"]
 
 MAX_SCALE = math.sqrt(torch.finfo(torch.float64).max)  # 1.3e154: the bound on n_train * L (see generate)
 
 
+@PROBLEMS.register("linear_meta_regression")
 class LinearMetaRegression(BilevelProblem):
     """iMAML's linear meta-regression (MAML family), batched over tasks.
 
@@ -58,6 +61,11 @@ class LinearMetaRegression(BilevelProblem):
 
     family = "maml"
     truth = "exact"
+    #: a small instance for the conformance suite over every registered problem (tests/test_registered_problems.py)
+    #: the standard instance (presets, ``metabench profile``, asv: ``metabench.sweep.sizes``) and profile's extras
+    standard_params: ClassVar[dict] = {"n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0}
+    profile_params: ClassVar[dict] = {"kappa": 10.0}
+    conformance_params: ClassVar[dict] = {"n_tasks": 2, "dim": 3, "n_train": 6, "n_val": 6, "kappa": 10.0, "lam": 1.0}
 
     def __init__(
         self,

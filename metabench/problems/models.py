@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from metabench._checks import check_int
+from metabench.problems.registry import MODELS
 
 __all__ = ["ACTIVATIONS", "DOWNSAMPLES", "NORMS", "POOLS", "conv4", "conv4_feature_size", "mlp"]
 
@@ -57,6 +58,7 @@ def conv4_feature_size(image_size: int, downsample: str = "maxpool") -> int:
     return size
 
 
+@MODELS.register("conv4")
 def conv4(
     in_channels: int = 1,
     ways: int = 5,

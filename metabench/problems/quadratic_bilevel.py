@@ -11,6 +11,8 @@ grad F(theta) = rho theta + mean_i B_i'A_i^-1 (phi_i* - t_i).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from metabench._checks import check_finite_tensor, check_int, check_real
@@ -24,10 +26,12 @@ from metabench.problems._gd_closed_form import (
 )
 from metabench.problems._random import check_kappa, condition_spectrum, random_orthonormal
 from metabench.problems.base import BilevelProblem
+from metabench.problems.registry import PROBLEMS
 
 __all__ = ["QuadraticBilevel"]
 
 
+@PROBLEMS.register("quadratic_bilevel")
 class QuadraticBilevel(BilevelProblem):
     """Quadratic bilevel problem (bilevel family), batched over tasks.
 
@@ -36,6 +40,11 @@ class QuadraticBilevel(BilevelProblem):
 
     family = "bilevel"
     truth = "exact"
+    #: a small instance for the conformance suite over every registered problem (tests/test_registered_problems.py)
+    #: the standard instance (presets, ``metabench profile``, asv: ``metabench.sweep.sizes``) and profile's extras
+    standard_params: ClassVar[dict] = {"n_tasks": 4, "p": 10, "q": 20, "rho": 0.1}
+    profile_params: ClassVar[dict] = {"kappa": 10.0}
+    conformance_params: ClassVar[dict] = {"n_tasks": 2, "p": 2, "q": 3, "kappa": 10.0, "rho": 0.1}
 
     def __init__(self, A, B, c, t, rho: float, meta: dict | None = None):
         self.rho = check_real("rho", rho, low=0.0)

@@ -12,7 +12,8 @@ unless the source says so (the 8x8 digits have ten classes, too few for three di
 Built in: ``omniglot_like`` (generated characters; classes 0-1199 train, 1200-1299 val, 1300-1622 test, the
 usual 1200-class meta-training split of Omniglot's 1623 characters) and ``digits`` (scikit-learn's shipped
 digits; classes 0-4 train, 5-9 val and test, drawn with different seeds). Sources that read a folder take
-``data_root`` (:func:`make_task_source`); they are registered with :func:`register_task_source`.
+``data_root`` (:func:`make_task_source`). Every source is registered in ``DATASETS`` (:func:`register_task_source`;
+another package adds its own under the entry-point group ``metabench.datasets``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from metabench._checks import check_int
 from metabench.problems import datasets
 from metabench.problems.datasets import TaskBatch
+from metabench.problems.registry import DATASETS
 
 __all__ = [
     "SPLITS",
@@ -150,19 +152,10 @@ class DigitsSource(TaskSource):
         return super().describe() | {"splits": "digits 0-4 train, 5-9 val and test (shared classes, other draws)"}
 
 
-_SOURCES: dict[str, Callable[..., TaskSource]] = {}
-
-
 def register_task_source(name: str, factory: Callable[..., TaskSource] | None = None):
-    """Register ``factory(**params) -> TaskSource`` under ``name`` (usable as a decorator)."""
-
-    def add(f):
-        if name in _SOURCES and _SOURCES[name] is not f:
-            raise ValueError(f"task source {name!r} is already registered")
-        _SOURCES[name] = f
-        return f
-
-    return add if factory is None else add(factory)
+    """Register ``factory(**params) -> TaskSource`` under ``name`` in ``DATASETS`` (usable as a decorator); a
+    factory with ``needs_data_root = True`` is called as ``factory(data_root, **params)``."""
+    return DATASETS.register(name) if factory is None else DATASETS.register(name, factory)
 
 
 register_task_source("omniglot_like", OmniglotLikeSource)
@@ -170,8 +163,9 @@ register_task_source("digits", DigitsSource)
 
 
 def task_source_names() -> list[str]:
+    """Every registered task source: built in, the folder layouts, and the plugins' (``metabench.datasets``)."""
     _load_folder_sources()
-    return sorted(_SOURCES)
+    return DATASETS.names()
 
 
 def _load_folder_sources() -> None:
@@ -182,13 +176,15 @@ def _load_folder_sources() -> None:
 def make_task_source(name: str, data_root=None, **params) -> TaskSource:
     """The task source ``name`` built with ``params`` (``data_root``: the folder a folder source reads)."""
     _load_folder_sources()
-    if name not in _SOURCES:
-        raise ValueError(f"task source must be one of {sorted(_SOURCES)}, got {name!r}")
-    factory = _SOURCES[name]
+    factory = DATASETS.get(name)  # a ValueError listing the names, or a PluginError saying why a plugin failed
     if getattr(factory, "needs_data_root", False):
         if data_root is None:
             raise ValueError(f"task source {name!r} reads a folder: give data_root (--data-root)")
-        return factory(data_root, **params)
-    if data_root is not None:
-        raise ValueError(f"task source {name!r} is generated and takes no data_root (got {data_root!r})")
-    return factory(**params)
+        source = factory(data_root, **params)
+    else:
+        if data_root is not None:
+            raise ValueError(f"task source {name!r} is generated and takes no data_root (got {data_root!r})")
+        source = factory(**params)
+    if not isinstance(source, TaskSource):
+        raise TypeError(f"dataset {name!r} must build a metabench TaskSource, got {type(source).__name__}")
+    return source

@@ -41,7 +41,8 @@ from metabench.errors import DivergenceError, SolverBreakdown
 from metabench.evaluate import TRUTH_FIELDS, evaluate
 from metabench.measure import INSTRUMENTS, LiveTensorTracker, git_commit, machine_info, measure_call
 from metabench.options import HEADLINE_OPTIONS
-from metabench.problems import available_problems
+from metabench.problems import PROBLEMS, BilevelProblem
+from metabench.problems.contract import ProblemContractError, check_contract
 from metabench.results import SCHEMA_VERSION
 from metabench.sweep.training import (
     ACCURACY_FIELDS,
@@ -89,8 +90,14 @@ def _dtype(name: str) -> torch.dtype:
 
 @lru_cache(maxsize=16)
 def _cached_problem(problem: str, params_json: str, seed: int, dtype: str):
-    cls = available_problems()[problem]
-    return cls.generate(**json.loads(params_json), seed=seed, dtype=_dtype(dtype))
+    cls = PROBLEMS.get(problem)
+    built = cls.generate(**json.loads(params_json), seed=seed, dtype=_dtype(dtype))
+    if not isinstance(built, BilevelProblem):
+        raise ProblemContractError(
+            f"problem {problem!r}: {cls.__qualname__}.generate must return a BilevelProblem, got {type(built).__name__}"
+        )
+    check_contract(built, problem)  # a plugin's broken problem is a record that says so, not a wrong number
+    return built
 
 
 def build_problem(case: dict):

@@ -1,26 +1,30 @@
-"""Named problem sizes, typed once: what the presets, ``metabench profile`` and the asv suites build.
+"""Named problem sizes: what the presets, ``metabench profile`` and the asv suites build, read from each problem.
 
-``STANDARD[problem]`` holds the generator parameters of the standard instance of each problem (the
-closed-form problems small enough that a sweep of hundreds of cases takes minutes on 2 cores; for the
-few-shot problem 5-way 5-shot / 15-query tasks on metabench's conv4-64 with max-pooling, 4 tasks).
-``problem_case(name, **overrides)`` gives a flat sweep case on it.
+A problem declares its standard instance once, as ``standard_params`` (``generate`` parameters; the closed-form
+problems small enough that a sweep of hundreds of cases takes minutes on 2 cores, the few-shot problem 5-way
+5-shot / 15-query tasks on metabench's conv4-64 with max-pooling, 4 tasks), and what ``metabench profile`` adds as
+``profile_params``; a plugin's problem does the same. ``problem_case(name, **overrides)`` gives a flat sweep case.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["STANDARD", "problem_case"]
+from metabench.problems.registry import PROBLEMS
 
-STANDARD: dict[str, dict[str, Any]] = {
-    "linear_meta_regression": {"n_tasks": 4, "dim": 20, "n_train": 40, "n_val": 40, "lam": 1.0},
-    "quadratic_bilevel": {"n_tasks": 4, "p": 10, "q": 20, "rho": 0.1},
-    "few_shot_classification": {"dataset": "omniglot_like", "n_tasks": 4},
-}
+__all__ = ["problem_case", "profile_case", "standard_params"]
+
+
+def standard_params(problem: str) -> dict[str, Any]:
+    """The problem's standard instance (its ``standard_params``; a ValueError for an unknown problem)."""
+    return dict(PROBLEMS.get(problem).standard_params)
 
 
 def problem_case(problem: str, **overrides: Any) -> dict[str, Any]:
-    """``{"problem": problem, **STANDARD[problem], **overrides}``: a flat case on the standard instance."""
-    if problem not in STANDARD:
-        raise ValueError(f"no standard size for problem {problem!r}; known: {sorted(STANDARD)}")
-    return {"problem": problem, **STANDARD[problem], **overrides}
+    """``{"problem": problem, **standard_params(problem), **overrides}``: a flat case on the standard instance."""
+    return {"problem": problem, **standard_params(problem), **overrides}
+
+
+def profile_case(problem: str) -> dict[str, Any]:
+    """The flat case ``metabench profile`` starts from: the standard instance and the problem's ``profile_params``."""
+    return problem_case(problem, **PROBLEMS.get(problem).profile_params)

@@ -40,7 +40,7 @@ from typing import Any
 from metabench.algorithms import available_algorithms
 from metabench.algorithms.registry import algorithm_class
 from metabench.measure.instruments import INSTRUMENTS
-from metabench.problems import available_problems
+from metabench.problems import PROBLEMS, available_problems, problem_params
 from metabench.results import case_id
 from metabench.sweep.training import ACCURACY_TRAIN_DEFAULTS, trains_to_accuracy
 
@@ -79,12 +79,7 @@ MAX_RUN_TIME = 3600.0
 @cache
 def _problem_params(problem: str) -> dict[str, Any]:
     """The generator's keyword parameters (except seed and dtype, which are run parameters) and defaults."""
-    try:
-        cls = available_problems()[problem]
-    except KeyError:
-        raise ValueError(f"unknown problem {problem!r}; available: {sorted(available_problems())}") from None
-    params = inspect.signature(cls.generate).parameters
-    return {k: p.default for k, p in params.items() if k not in ("seed", "dtype")}
+    return problem_params(PROBLEMS.get(problem))
 
 
 def _option_names(algorithm: str) -> frozenset[str]:
@@ -151,11 +146,13 @@ def normalise_case(flat: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(run["mode"], str) or run["mode"] not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {run['mode']!r}")
     _name("algorithm", run["algorithm"], available_algorithms())
-    _name("problem", run["problem"], available_problems())
+    if not isinstance(run["problem"], str):
+        raise ValueError(f"unknown problem {run['problem']!r}; available: {sorted(available_problems())}")
+    PROBLEMS.get(run["problem"])  # unknown: a ValueError listing the names; a plugin that failed to load: why
     if run["mode"] == "train":  # no timed runs: min_run_time means nothing to a training case
         del run["min_run_time"]
         run.update({k: flat.get(k, v) for k, v in TRAIN_DEFAULTS.items()})
-        if trains_to_accuracy(available_problems()[run["problem"]]):
+        if trains_to_accuracy(PROBLEMS.get(run["problem"])):
             run.update({k: flat.get(k, v) for k, v in ACCURACY_TRAIN_DEFAULTS.items()})
     problem_params = _problem_params(run["problem"])
     options = _option_names(run["algorithm"])
@@ -188,10 +185,24 @@ def normalise_case(flat: dict[str, Any]) -> dict[str, Any] | None:
 
 def case_identity(case: dict[str, Any]) -> str:
     """The ``case_id`` of a normalised case: the hash of its parameters, with ``mode`` and
-    ``instruments`` left out at their defaults (so cases keep the ids they had before those existed).
+    ``instruments`` left out at their defaults, and so are the problem's ``later_params`` (so cases keep the
+    ids they had before those existed).
     The hash tells types apart: seed 1, 1.0 and true are three cases (the last two invalid)."""
     kept = {k: v for k, v in case.items() if k != "invalid" and not (k in _LATER_RUN_KEYS and v == RUN_DEFAULTS[k])}
+    later = _later_problem_params(case.get("problem"))
+    if later and isinstance(case.get("problem_params"), dict):
+        params = case["problem_params"]
+        kept["problem_params"] = {k: v for k, v in params.items() if not (k in later and v == later[k])}
     return case_id(kept)
+
+
+def _later_problem_params(problem) -> dict[str, Any]:
+    """The problem's parameters added after records of it existed (``later_params``: name -> default)."""
+    try:
+        cls = available_problems()[problem]
+    except (KeyError, TypeError):
+        return {}
+    return dict(getattr(cls, "later_params", {}))
 
 
 @dataclass

@@ -198,6 +198,7 @@ def accuracy_train_record(record: dict, prepared, params: dict, source) -> dict:
     record.update(
         {k: params[k] for k in ("outer_steps", "outer_lr", "optimizer", *ACCURACY_TRAIN_DEFAULTS)},
         task_batch=params["meta_batch"],
+        **{k: run.info.get(k) for k in ("features", "task_chunk", "compile")},
         task_source=source.describe(),
         trajectory=trajectory,
         total_wall_time_s=run.step_wall_time_s[-1] if run.step_wall_time_s else 0.0,

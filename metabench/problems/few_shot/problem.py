@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -75,6 +76,7 @@ from metabench.problems.few_shot.head import HeadProblem, backbone_features
 from metabench.problems.few_shot.options import DEFAULT_REG, FORMULATIONS, LOSSES, PATHS, check_choice
 from metabench.problems.few_shot.reference import ReferenceHypergradient
 from metabench.problems.few_shot.workloads import FewShotWorkloads
+from metabench.problems.registry import PROBLEMS
 
 __all__ = ["FewShotClassification", "VmapMismatchError", "VmapNotVerifiedError"]
 
@@ -90,6 +92,7 @@ class VmapNotVerifiedError(MetabenchError):
     """``path="vmap"`` was asked for a device and dtype on which the vmap path has not been checked."""
 
 
+@PROBLEMS.register("few_shot_classification")
 class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelProblem):
     """Few-shot tasks for a user-given network, in the MAML, the bilevel or the anil formulation (module docstring).
 
@@ -108,6 +111,26 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
 
     family = "maml"  # the class default; each instance's family is its formulation
     truth = "reference"
+    #: ``generate`` parameters added after records existed: left out of case ids at these defaults
+    later_params: ClassVar[dict] = {"data_root": None, "model": "conv4"}
+    #: the standard instance (5-way 5-shot / 15-query on conv4-64, 4 tasks: ``metabench.sweep.sizes``); profile adds
+    #: lam > 0 so the implicit methods apply, float32 as people train
+    standard_params: ClassVar[dict] = {"dataset": "omniglot_like", "n_tasks": 4}
+    profile_params: ClassVar[dict] = {"lam": 1.0, "inner_lr": 0.1, "dtype": "float32"}
+    #: a small instance for the conformance suite over every registered problem (tests/test_registered_problems.py):
+    #: a smooth net (SiLU, average pooling, no normalisation), so the float64 references exist
+    conformance_params: ClassVar[dict] = {
+        "dataset": "digits",
+        "ways": 2,
+        "shots": 2,
+        "query": 2,
+        "n_tasks": 2,
+        "filters": 2,
+        "norm": "none",
+        "activation": "silu",
+        "pool": "avg",
+        "formulation": "bilevel",
+    }
 
     def __init__(
         self,

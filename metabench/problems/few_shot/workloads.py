@@ -47,6 +47,7 @@ class FewShotWorkloads:
         activation: str = "relu",
         pool: str = "max",
         downsample: str = "maxpool",
+        model: str = "conv4",
     ) -> FewShotClassification:
         """The task shapes of TorchBench's maml_omniglot (adapted from higher's maml-omniglot example): 5-way
         5-shot, 15 query images per class, 32 tasks, on 1x28x28 Omniglot-shaped images
@@ -64,10 +65,10 @@ class FewShotWorkloads:
         check_choice("downsample", downsample, DOWNSAMPLES)
         tasks = datasets.omniglot_like_tasks(ways, shots, query, n_tasks, image_size=image_size, seed=seed, dtype=dtype)
         net = {"norm": norm, "seed": seed, "activation": activation, "pool": pool, "downsample": downsample}
-        model = conv4(1, ways, filters=filters, image_size=image_size, **net)
+        network = _network(model, 1, ways, filters=filters, image_size=image_size, **net)
         meta = {"dataset": "omniglot_like", "seed": seed, "filters": filters, "image_size": image_size, "norm": norm}
-        meta.update(_net_meta(activation, pool, downsample))
-        return cls(model, *tasks, formulation=formulation, lam=lam, reg=reg, path=path, meta=meta)
+        meta.update(_net_meta(activation, pool, downsample, model))
+        return cls(network, *tasks, formulation=formulation, lam=lam, reg=reg, path=path, meta=meta)
 
     @classmethod
     def imaml_omniglot(
@@ -118,6 +119,7 @@ class FewShotWorkloads:
         activation: str = "relu",
         pool: str = "max",
         downsample: str = "maxpool",
+        model: str = "conv4",
     ) -> FewShotClassification:
         """N-way K-shot tasks from scikit-learn's shipped 8x8 digits (a real data set, no download; needs
         scikit-learn) with the conv4 net on 1x8x8 images (:func:`~metabench.problems.datasets.digits_tasks`).
@@ -130,10 +132,10 @@ class FewShotWorkloads:
         check_choice("downsample", downsample, DOWNSAMPLES)
         tasks = datasets.digits_tasks(ways, shots, query, n_tasks, seed=seed, dtype=dtype, classes=classes)
         net = {"norm": norm, "seed": seed, "activation": activation, "pool": pool, "downsample": downsample}
-        model = conv4(1, ways, filters=filters, image_size=8, **net)
+        network = _network(model, 1, ways, filters=filters, image_size=8, **net)
         meta = {"dataset": "digits", "seed": seed, "filters": filters, "image_size": 8, "norm": norm}
-        meta.update(_net_meta(activation, pool, downsample))
-        return cls(model, *tasks, formulation=formulation, lam=lam, reg=reg, path=path, meta=meta)
+        meta.update(_net_meta(activation, pool, downsample, model))
+        return cls(network, *tasks, formulation=formulation, lam=lam, reg=reg, path=path, meta=meta)
 
     @classmethod
     def sinusoid(
@@ -181,13 +183,16 @@ class FewShotWorkloads:
         dtype: torch.dtype = torch.float32,
         downsample: str = "maxpool",
         data_root: str | None = None,
+        model: str = "conv4",
     ) -> FewShotClassification:
         """One entry point with JSON-friendly parameters (what a sweep case passes).
 
         ``dataset`` may also name a folder task source (``"omniglot"``, ``"image_folders"``, ``"mini_imagenet_csv"``,
         ``"cifar_fs"``: :mod:`metabench.problems.data_folders`), read from ``data_root``; the tasks are episodes of
         its train split and the conv net takes its channels and ``image_size`` (default: the layout's). Generated
-        data sets ignore ``data_root``, so one ``--data-root`` serves a sweep that mixes both.
+        data sets ignore ``data_root``, so one ``--data-root`` serves a sweep that mixes both. ``model`` names a
+        registered network factory (``MODELS``: ``"conv4"``, or a plugin's), built for the data's channels and size;
+        ``dataset`` may name a plugin's task source too (``DATASETS``).
 
         ``dataset``: ``"omniglot_like"`` (``image_size`` default 28), ``"digits"`` (8x8; ``image_size``
         must be None or 8) or ``"sinusoid"`` (MLP regression; ``ways``, ``norm``, ``filters``,
@@ -197,79 +202,84 @@ class FewShotWorkloads:
         pooling, the net of iMAML's Omniglot code) shape the conv net (``models.conv4``).
         """
         if dataset not in DATASETS:
-            return cls._from_folder(
+            return cls._from_source(
                 dataset,
                 data_root,
-                ways,
-                shots,
-                query,
-                n_tasks,
-                formulation,
-                lam,
-                reg,
-                norm,
-                filters,
-                image_size,
-                path,
-                activation,
-                pool,
-                seed,
-                dtype,
-                downsample,
+                dict(ways=ways, shots=shots, query=query, n_tasks=n_tasks, seed=seed, dtype=dtype),
+                dict(formulation=formulation, lam=lam, reg=reg, path=path),
+                dict(
+                    model=model,
+                    filters=filters,
+                    norm=norm,
+                    image_size=image_size,
+                    activation=activation,
+                    pool=pool,
+                    downsample=downsample,
+                ),
             )
         common = {"formulation": formulation, "lam": lam, "seed": seed, "dtype": dtype, "reg": reg, "path": path}
         net = {"filters": filters, "norm": norm, "activation": activation, "pool": pool, "downsample": downsample}
+        if dataset == "sinusoid":
+            if model != "conv4":
+                raise ValueError(
+                    f"dataset 'sinusoid' is regression on its own MLP: model must stay 'conv4', got {model!r}"
+                )
+            return cls.sinusoid(shots, query, n_tasks, **common)
+        net["model"] = model
         if dataset == "omniglot_like":
             size = 28 if image_size is None else image_size
             return cls.omniglot_like(ways, shots, query, n_tasks, image_size=size, **net, **common)
-        if dataset == "digits":
-            if image_size not in (None, 8):
-                raise ValueError(f"image_size must be None or 8 for the 8x8 digits, got {image_size!r}")
-            return cls.digits(ways, shots, query, n_tasks, **net, **common)
-        return cls.sinusoid(shots, query, n_tasks, **common)
+        if image_size not in (None, 8):
+            raise ValueError(f"image_size must be None or 8 for the 8x8 digits, got {image_size!r}")
+        return cls.digits(ways, shots, query, n_tasks, **net, **common)
 
     @classmethod
-    def _from_folder(
-        cls,
-        dataset,
-        data_root,
-        ways,
-        shots,
-        query,
-        n_tasks,
-        formulation,
-        lam,
-        reg,
-        norm,
-        filters,
-        image_size,
-        path,
-        activation,
-        pool,
-        seed,
-        dtype,
-        downsample,
-    ) -> FewShotClassification:
-        """``generate`` for a folder task source: train-split episodes and a conv4 sized for its images."""
+    def _from_source(cls, dataset: str, data_root, episode: dict, problem: dict, net: dict) -> FewShotClassification:
+        """``generate`` for a registered task source (a folder layout or a plugin's): episodes of its train split and
+        the ``model`` network sized for its images."""
         from metabench.problems.task_sources import make_task_source, task_source_names
 
-        folders = [n for n in task_source_names() if n not in DATASETS]
-        if dataset not in folders:
-            raise ValueError(f"dataset must be one of {list(DATASETS) + folders}, got {dataset!r}")
-        dtype = check_dtype(dtype)
-        check_choice("formulation", formulation, FORMULATIONS)
-        check_real("lam", lam, low=0.0)
-        check_choice("norm", norm, NORMS)
-        check_choice("downsample", downsample, DOWNSAMPLES)
-        source = make_task_source(dataset, data_root, **({} if image_size is None else {"image_size": image_size}))
-        tasks = source.tasks("train", ways, shots, query, n_tasks, seed=seed, dtype=dtype)
-        net = {"norm": norm, "seed": seed, "activation": activation, "pool": pool, "downsample": downsample}
-        model = conv4(source.channels, ways, filters=filters, image_size=source.image_size, **net)
-        meta = {"dataset": dataset, "seed": seed, "filters": filters, "image_size": source.image_size, "norm": norm}
-        meta.update(_net_meta(activation, pool, downsample))
-        return cls(model, *tasks, formulation=formulation, lam=lam, reg=reg, path=path, meta=meta)
+        others = [n for n in task_source_names() if n not in DATASETS]
+        if dataset not in others:
+            raise ValueError(f"dataset must be one of {list(DATASETS) + others}, got {dataset!r}")
+        dtype = check_dtype(episode["dtype"])
+        check_choice("formulation", problem["formulation"], FORMULATIONS)
+        check_real("lam", problem["lam"], low=0.0)
+        check_choice("norm", net["norm"], NORMS)
+        check_choice("downsample", net["downsample"], DOWNSAMPLES)
+        size = net["image_size"]
+        source = make_task_source(dataset, data_root, **({} if size is None else {"image_size": size}))
+        counts = (episode["ways"], episode["shots"], episode["query"], episode["n_tasks"])
+        tasks = source.tasks("train", *counts, seed=episode["seed"], dtype=dtype)
+        shape = {k: net[k] for k in ("norm", "activation", "pool", "downsample")}
+        network = _network(
+            net["model"],
+            source.channels,
+            episode["ways"],
+            filters=net["filters"],
+            image_size=source.image_size,
+            seed=episode["seed"],
+            **shape,
+        )
+        meta = {"dataset": dataset, "seed": episode["seed"], "filters": net["filters"], "image_size": source.image_size}
+        meta.update(norm=net["norm"], **_net_meta(net["activation"], net["pool"], net["downsample"], net["model"]))
+        return cls(network, *tasks, **problem, meta=meta)
 
 
-def _net_meta(activation: str, pool: str, downsample: str) -> dict:
-    """The conv net's recorded shape: ``pool`` is None for the stride-2 net (it has no pooling)."""
-    return {"activation": activation, "pool": pool if downsample == "maxpool" else None, "downsample": downsample}
+def _network(model: str, in_channels: int, ways: int, **params) -> torch.nn.Module:
+    """The registered network ``model`` (``MODELS``) for ``in_channels`` inputs and ``ways`` outputs."""
+    if model == "conv4":
+        return conv4(in_channels, ways, **params)
+    from metabench.problems.registry import MODELS
+
+    network = MODELS.get(model)(in_channels, ways, **params)
+    if not isinstance(network, torch.nn.Module):
+        raise TypeError(f"model {model!r} must build a torch.nn.Module, got {type(network).__name__}")
+    return network
+
+
+def _net_meta(activation: str, pool: str, downsample: str, model: str = "conv4") -> dict:
+    """The net's recorded shape: ``pool`` is None for the stride-2 net (it has no pooling); ``model`` where it is not
+    conv4 (records of conv4 nets keep the fields they always had)."""
+    out = {"activation": activation, "pool": pool if downsample == "maxpool" else None, "downsample": downsample}
+    return out if model == "conv4" else {**out, "model": model}
