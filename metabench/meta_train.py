@@ -66,6 +66,7 @@ class MetaTrainResult:
     rss_peak_bytes: int | None = None
     cuda_max_allocated_bytes: int | None = None
     eval_seconds: float = 0.0
+    cg_truncated_steps: int = 0  # outer steps whose CG was truncated at non-positive curvature (cg_breakdown='stop')
     info: dict = field(default_factory=dict)  # the first outer step's hypergradient info (features, task_chunk, ...)
     status: str = "ok"
     error: str | None = None
@@ -186,6 +187,7 @@ def meta_train(
                 state = hg.state
                 if t == 0:
                     result.info = {k: hg.info.get(k) for k in ("features", "task_chunk", "compile")}
+                result.cg_truncated_steps += bool(hg.info.get("cg_truncated_tasks"))
                 calls += sum(hg.counts.as_tuple()) / meta_batch
                 result.step_wall_time_s.append(elapsed)
                 result.oracle_calls.append(calls)

@@ -128,6 +128,12 @@ OPTIONS: dict[str, Option] = {
     "cg_iters": Option(5, _int(low=0), "conjugate-gradient iterations", "CG"),
     "cg_tol": Option(0.0, _real(low=0.0, high=1.0), "stop CG once ||r|| <= cg_tol ||b|| (0: never early)", "tol"),
     "damping": Option(0.0, _real(low=0.0), "delta >= 0: the linear solve is on (d2g/dphi2 + delta I)", "damping"),
+    "cg_breakdown": Option(
+        "raise",
+        _choice("raise", "stop"),
+        "CG meeting p'Hp <= 0: 'raise' (SolverBreakdown) or 'stop' (truncated CG: that task keeps its iterate)",
+        "on p'Hp<=0",
+    ),
     "neumann_iters": Option(10, _int(low=0), "N, Neumann-series terms (Hessian-vector products)", "N"),
     "neumann_lr": Option(
         None, _optional(_real(low=0.0, low_open=True)), "beta, the Neumann series step; None: inner_lr", "beta"

@@ -164,6 +164,10 @@ RECORD_FIELDS: dict[str, str] = {
     "test_accuracy": "few-shot training cases: query accuracy on test episodes after fine_tune_steps of adaptation",
     "test_loss": "few-shot training cases: query loss on those test episodes",
     "eval_seconds": "few-shot training cases: seconds spent in validation and test (outside wall_time_s)",
+    "cg_truncated_steps": (
+        "few-shot training cases: outer steps whose CG met non-positive curvature and was truncated there "
+        "(cg_breakdown = 'stop')"
+    ),
     # provenance
     "case_wall_s": "seconds the case took in its worker, set-up and every instrument pass included (for ETAs)",
     "metabench_version": "installed metabench version",

@@ -65,5 +65,10 @@ def installed(tmp_path: Path, extra: dict[str, dict[str, str]] | None = None):
             while entry in sys.path:
                 sys.path.remove(entry)
         for registry, objects, origins, broken, pending in saved:
-            registry._objects, registry._origins, registry._broken, registry._pending = objects, origins, broken, pending
+            registry._objects, registry._origins, registry._broken, registry._pending = (
+                objects,
+                origins,
+                broken,
+                pending,
+            )
         importlib.invalidate_caches()

@@ -104,7 +104,9 @@ def test_a_problem_that_breaks_the_contract_is_a_record_naming_the_problem():
         record = run_case(case)
     finally:
         del PROBLEMS._objects["wrong_shapes"], PROBLEMS._origins["wrong_shapes"]
-    assert record["status"] == "failed" and "problem 'wrong_shapes'" in record["error"] and "inner_loss" in record["error"]
+    assert (
+        record["status"] == "failed" and "problem 'wrong_shapes'" in record["error"] and "inner_loss" in record["error"]
+    )
 
 
 def test_a_registry_checks_names_kinds_and_duplicates():

@@ -251,3 +251,26 @@ class TestAlgorithmsTakeComponents:
         with pytest.raises(ValueError, match="checkpointable"):
             mb.get_algorithm("maml_checkpointed", inner_solver=Stateful(0.1))
         mb.get_algorithm("maml", inner_solver=Stateful(0.1))  # plain maml does not recompute: fine
+
+
+def test_cg_meeting_non_positive_curvature_raises_or_truncates_that_task_alone():
+    from metabench.errors import SolverBreakdown
+    from metabench.solvers.linear.cg import cg, conjugate_gradient
+
+    H = torch.stack([torch.diag(torch.tensor([1.0, -1.0])), torch.tensor([[2.0, 0.5], [0.5, 1.0]])]).double()
+    b = torch.ones(2, 2, dtype=torch.float64)
+
+    def matvec(v):
+        return torch.einsum("tij,tj->ti", H, v)
+
+    with pytest.raises(SolverBreakdown, match="cg_breakdown='stop'"):
+        conjugate_gradient(matvec, b, 5)
+    stopped = []
+    x, _ = conjugate_gradient(matvec, b, 5, on_breakdown="stop", stopped=stopped)
+    assert stopped == [0] and torch.equal(x[0], torch.zeros(2, dtype=torch.float64))  # p'Hp = 1 - 1 = 0 at once
+    assert float((H[1] @ x[1] - b[1]).abs().max()) < 1e-12  # the SPD task is solved (2 iterations, dimension 2)
+    solver = cg(iters=5, breakdown="stop")
+    _, info = solver.solve(matvec, b, None)
+    assert info["cg_truncated_tasks"] == 1 and solver.options["cg_breakdown"] == "stop"
+    with pytest.raises(ValueError, match="cg_breakdown must be 'raise' or 'stop'"):
+        cg(breakdown="ignore")

@@ -23,14 +23,14 @@ from metabench.solvers import cg
 __all__ = ["CG_OPTIONS", "IMAML"]
 
 #: the flat options of the default CG solver (and ``linear_solver``, an instance that replaces them)
-CG_OPTIONS = pick("linear_solver", "cg_iters", "cg_tol", "damping", "hvp")
+CG_OPTIONS = pick("linear_solver", "cg_iters", "cg_tol", "damping", "cg_breakdown", "hvp")
 
 
 @register
 class IMAML(ImplicitAlgorithm):
     name = "imaml"
     options_spec = INNER_OPTIONS | CG_OPTIONS
-    linear_options = ("cg_iters", "cg_tol", "damping")
+    linear_options = ("cg_iters", "cg_tol", "damping", "cg_breakdown")
 
     def default_linear_solver(self):
-        return cg(iters=self.cg_iters, tol=self.cg_tol, damping=self.damping)
+        return cg(iters=self.cg_iters, tol=self.cg_tol, damping=self.damping, breakdown=self.cg_breakdown)

@@ -39,10 +39,10 @@ class RMMetaL(ImplicitAlgorithm):
     name = "rm_metal"
     stateful = True
     options_spec = INNER_OPTIONS | CG_OPTIONS | pick("warm_phi", "warm_v")
-    linear_options = ("cg_iters", "cg_tol", "damping")
+    linear_options = ("cg_iters", "cg_tol", "damping", "cg_breakdown")
 
     def default_linear_solver(self):
-        return cg(iters=self.cg_iters, tol=self.cg_tol, damping=self.damping)
+        return cg(iters=self.cg_iters, tol=self.cg_tol, damping=self.damping, breakdown=self.cg_breakdown)
 
     def start(self, oracle, theta, state):
         phi0 = oracle.inner_init(theta).detach()

@@ -54,6 +54,9 @@ class BilevelProblem(ABC):
     #: ``generate`` parameters of the standard instance the presets, ``metabench profile`` and the asv suites build
     #: (``metabench.sweep.sizes``), and the case parameters ``metabench profile`` adds; empty: the defaults
     standard_params: ClassVar[dict] = {}
+    #: True for a problem whose training cases meta-train to accuracy on fresh episodes (``metabench.meta_train``:
+    #: it has ``with_tasks``, a ``dataset`` naming a task source and classification episodes)
+    trains_to_accuracy: ClassVar[bool] = False
     profile_params: ClassVar[dict] = {}
     #: ``generate`` parameters added after records of the problem existed: name -> default; a case at that default
     #: leaves it out of its ``case_id``, so stores written before it keep resuming

@@ -113,6 +113,7 @@ def accuracy_rows(records: pd.DataFrame) -> dict[tuple, list[dict]]:
                     "calls_per_step": calls,
                     "paper": paper,
                     "fine_tune_steps": r.get("fine_tune_steps"),
+                    "cg_truncated": r.get("cg_truncated_steps"),
                     "outer_steps": steps,
                     "error": r.get("error"),
                 }
@@ -176,7 +177,9 @@ def accuracy_section(records: pd.DataFrame, fig_dir=None) -> Section | None:
         "on GPUs) stands beside; the measured runs use generated Omniglot-shaped characters or scikit-learn's 8x8 "
         "digits, smaller nets and a few hundred outer steps on a CPU, so only the ordering and the cost columns "
         "are comparable, not the accuracies. RM-MetaL's own numbers are not transcribed here (the paper is not "
-        "among this project's sources)."
+        "among this project's sources). **steps with CG truncated** counts the outer steps whose linear solve met "
+        "non-positive curvature and stopped there (`cg_breakdown = 'stop'`, truncated CG); with the default "
+        "`'raise'` such a run ends `failed` at that step."
     )
     header = [
         "method",
@@ -192,6 +195,7 @@ def accuracy_section(records: pd.DataFrame, fig_dir=None) -> Section | None:
         "peak live MiB (1 step)",
         "RSS peak MiB",
         "oracle calls / step / task",
+        "steps with CG truncated",
         "iMAML Table 2 %",
     ]
     for index, (key, rows) in enumerate(sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0]))):
@@ -228,6 +232,7 @@ def accuracy_section(records: pd.DataFrame, fig_dir=None) -> Section | None:
                 fmt_number(r["live_mib"]),
                 fmt_number(r["rss_mib"]),
                 fmt_number(r["calls_per_step"]),
+                fmt_number(r["cg_truncated"]),
                 fmt_number(r["paper"]),
             ]
             for r in rows

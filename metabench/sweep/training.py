@@ -129,16 +129,14 @@ ACCURACY_FIELDS = (
     "test_accuracy",
     "test_loss",
     "eval_seconds",
+    "cg_truncated_steps",
 )
 
 
 def trains_to_accuracy(problem) -> bool:
-    """True for a problem whose training cases run ``metabench.meta_train`` (fresh episodes, accuracy)."""
-    from metabench.problems.few_shot import FewShotClassification
-
-    return isinstance(problem, FewShotClassification) or (
-        isinstance(problem, type) and issubclass(problem, FewShotClassification)
-    )
+    """True for a problem (class or instance) whose training cases run ``metabench.meta_train`` (fresh episodes
+    from a task source, accuracy): one that says so (``trains_to_accuracy``, the few-shot problem)."""
+    return bool(getattr(problem, "trains_to_accuracy", False))
 
 
 def accuracy_training_params(case: dict) -> dict:
@@ -207,6 +205,7 @@ def accuracy_train_record(record: dict, prepared, params: dict, source) -> dict:
         test_accuracy=run.test_accuracy,
         test_loss=run.test_loss,
         eval_seconds=run.eval_seconds,
+        cg_truncated_steps=run.cg_truncated_steps,
         live_peak_bytes=run.step_live_peak_bytes,
         rss_peak_bytes=run.rss_peak_bytes,
         cuda_max_allocated_bytes=run.cuda_max_allocated_bytes,

@@ -113,6 +113,7 @@ class FewShotClassification(FewShotWorkloads, ReferenceHypergradient, BilevelPro
     truth = "reference"
     #: ``generate`` parameters added after records existed: left out of case ids at these defaults
     later_params: ClassVar[dict] = {"data_root": None, "model": "conv4"}
+    trains_to_accuracy: ClassVar[bool] = True
     #: the standard instance (5-way 5-shot / 15-query on conv4-64, 4 tasks: ``metabench.sweep.sizes``); profile adds
     #: lam > 0 so the implicit methods apply, float32 as people train
     standard_params: ClassVar[dict] = {"dataset": "omniglot_like", "n_tasks": 4}

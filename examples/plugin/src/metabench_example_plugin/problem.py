@@ -58,7 +58,12 @@ class LogisticHyperparameters(BilevelProblem):
         dtype: torch.dtype = torch.float64,
     ) -> LogisticHyperparameters:
         """Tasks around a shared weight vector: w_i = w + 0.5 N(0, I), x ~ N(0, I), y = sign(x'w_i + noise N(0, 1))."""
-        for name, value, low in (("n_tasks", n_tasks, 1), ("dim", dim, 1), ("n_train", n_train, 1), ("n_val", n_val, 1)):
+        for name, value, low in (
+            ("n_tasks", n_tasks, 1),
+            ("dim", dim, 1),
+            ("n_train", n_train, 1),
+            ("n_val", n_val, 1),
+        ):
             _check_int(name, value, low)
         _check_int("seed", seed, 0)
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:

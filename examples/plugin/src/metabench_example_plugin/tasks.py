@@ -58,7 +58,9 @@ class GaussianBlobs(TaskSource):
         batch = torch.stack(images).reshape(n_tasks, ways, per_class, 1, size, size)
         support = batch[:, :, :shots].reshape(n_tasks, ways * shots, 1, size, size)
         queries = batch[:, :, shots:].reshape(n_tasks, ways * query, 1, size, size)
-        return TaskBatch(support.to(dtype), _labels(n_tasks, ways, shots), queries.to(dtype), _labels(n_tasks, ways, query))
+        return TaskBatch(
+            support.to(dtype), _labels(n_tasks, ways, shots), queries.to(dtype), _labels(n_tasks, ways, query)
+        )
 
     def describe(self) -> dict:
         return super().describe() | {"splits": "classes 0-39 train, 40-49 val, 50-59 test"}
