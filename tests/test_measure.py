@@ -401,3 +401,31 @@ def test_machine_info_and_git_commit(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # do not find an enclosing repo
     assert git_commit(tmp_path) is None
     assert git_commit(tmp_path / "missing.txt") is None
+
+
+def test_git_commit_is_dirty_for_changed_or_new_code_but_not_for_records_written_into_the_checkout(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+    git("init", "-q")
+    (repo / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    clean = git_commit(repo)
+    assert clean is not None and not clean.endswith("+dirty")
+    (repo / "results").mkdir()
+    (repo / "results" / "sweep.jsonl").write_text("{}\n")  # records being written: still the commit's code
+    assert git_commit(repo) == clean
+    (repo / "b.py").write_text("y = 2\n")  # new code the commit does not hold
+    assert git_commit(repo) == clean + "+dirty"
+    (repo / "b.py").unlink()
+    (repo / "a.py").write_text("x = 2\n")  # changed code
+    assert git_commit(repo) == clean + "+dirty"

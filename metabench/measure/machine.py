@@ -67,8 +67,9 @@ def _git(args: list[str], cwd: Path) -> str | None:
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
     """``git rev-parse HEAD`` of the repository holding ``path`` (default: this package).
 
-    ``"<sha>+dirty"`` when ``git status --porcelain`` lists changes; None when ``path`` is not in a
-    git checkout or git is unavailable. Never raises.
+    ``"<sha>+dirty"`` when a tracked file differs from HEAD or an untracked Python file exists (code the commit does
+    not hold); untracked data, such as the records a sweep is writing into the checkout, do not make it dirty. None
+    when ``path`` is not in a git checkout or git is unavailable. Never raises.
     """
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     if not where.is_dir():
@@ -76,5 +77,6 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     commit = _git(["rev-parse", "HEAD"], where)
     if not commit:
         return None
-    status = _git(["status", "--porcelain"], where)
-    return f"{commit}+dirty" if status else commit
+    status = _git(["status", "--porcelain", "--untracked-files=no"], where)
+    untracked_code = _git(["ls-files", "--others", "--exclude-standard", "--", "*.py"], where)
+    return f"{commit}+dirty" if status or untracked_code else commit

@@ -298,8 +298,8 @@ PRESETS["train_imaml"] = {
         "meta-gradient (truncated where it meets non-positive curvature, cg_breakdown = 'stop': the net's curvature "
         "falls below -lam during training), maml (K = 5), fomaml (K = 5) and reptile (K = 5), 5-way 1-shot, "
         "conv4-32 without normalisation (CG meets curvature below -lam at once on BatchNorm and GroupNorm nets), "
-        "on the Omniglot-shaped generator and scikit-learn's digits; tested after each method's own inner loop, as iMAML "
-        "evaluates: minutes on a CPU"
+        "on the Omniglot-shaped generator and scikit-learn's digits; tested after each method's own inner loop, as "
+        "iMAML evaluates: minutes on a CPU"
     ),
     "defaults": {**_TRAINING, "shots": 1, "norm": "none", "formulation": "maml"},
     "grid": [
