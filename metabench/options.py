@@ -130,8 +130,9 @@ OPTIONS: dict[str, Option] = {
     "damping": Option(0.0, _real(low=0.0), "delta >= 0: the linear solve is on (d2g/dphi2 + delta I)", "damping"),
     "cg_breakdown": Option(
         "raise",
-        _choice("raise", "stop"),
-        "CG meeting p'Hp <= 0: 'raise' (SolverBreakdown) or 'stop' (truncated CG: that task keeps its iterate)",
+        _choice("raise", "stop", "continue"),
+        "CG meeting p'Hp <= 0: 'raise' (SolverBreakdown), 'stop' (truncated CG: that task keeps its iterate) or "
+        "'continue' (as iMAML's code: ignore it)",
         "on p'Hp<=0",
     ),
     "neumann_iters": Option(10, _int(low=0), "N, Neumann-series terms (Hessian-vector products)", "N"),

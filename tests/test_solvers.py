@@ -272,5 +272,10 @@ def test_cg_meeting_non_positive_curvature_raises_or_truncates_that_task_alone()
     solver = cg(iters=5, breakdown="stop")
     _, info = solver.solve(matvec, b, None)
     assert info["cg_truncated_tasks"] == 1 and solver.options["cg_breakdown"] == "stop"
-    with pytest.raises(ValueError, match="cg_breakdown must be 'raise' or 'stop'"):
+    with pytest.raises(ValueError, match="cg_breakdown must be one of"):
         cg(breakdown="ignore")
+    # "continue" (iMAML's code): a negative p'Hp is divided by and CG goes on; an exactly zero one stops that task
+    H2 = torch.stack([torch.diag(torch.tensor([1.0, -3.0])), torch.diag(torch.tensor([2.0, 1.0]))]).double()
+    met = []
+    x, _ = conjugate_gradient(lambda v: torch.einsum("tij,tj->ti", H2, v), b, 2, on_breakdown="continue", stopped=met)
+    assert met == [0] and float((H2[0] @ x[0] - b[0]).abs().max()) < 1e-12  # 2 steps solve the indefinite 2x2

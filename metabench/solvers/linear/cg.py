@@ -9,7 +9,9 @@ the implicit algorithms take (iMAML Algorithm 2, RM-MetaL's Subroutine 1).
 **Non-positive curvature** (p_k'H p_k <= 0: H is not positive definite, e.g. a network's inner Hessian with
 curvature below -lam): ``on_breakdown="raise"`` raises ``SolverBreakdown``; ``"stop"`` is truncated CG (Steihaug):
 that task keeps x_k, the last iterate CG reached on directions of positive curvature, and takes no more steps,
-while the other tasks go on. iMAML's released code checks neither (its CG divides by a negative p'Hp and goes on).
+while the other tasks go on; ``"continue"`` does what iMAML's released code does: nothing (its CG divides by the
+negative p'Hp and goes on; only an exactly zero p'Hp stops a task, where the division is undefined). Both count
+the tasks that met it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from metabench._checks import check_int, check_real
 from metabench.errors import SolverBreakdown
 from metabench.solvers.linear.base import LinearSolver, MatVec, per_task_dot
 
-__all__ = ["ConjugateGradient", "cg", "conjugate_gradient"]
+__all__ = ["BREAKDOWNS", "ConjugateGradient", "cg", "conjugate_gradient"]
+
+#: what CG does on p'Hp <= 0 (``cg_breakdown``): raise, stop that task (truncated CG), or go on as iMAML's code
+BREAKDOWNS = ("raise", "stop", "continue")
 
 
 def conjugate_gradient(
@@ -37,10 +42,10 @@ def conjugate_gradient(
     Stops early once every task has ||r|| <= tol ||b|| (tol = 0: only on an exactly zero residual);
     a task already converged takes zero steps. A starting point costs one extra product. If p'H p <= 0 for a
     task that has not converged: ``on_breakdown="raise"`` raises ``SolverBreakdown``, ``"stop"`` freezes that
-    task at its iterate (module docstring) and appends its index to ``stopped`` when given.
+    task at its iterate, ``"continue"`` goes on (module docstring); either appends its index to ``stopped``.
     """
-    if on_breakdown not in ("raise", "stop"):
-        raise ValueError(f"cg_breakdown must be 'raise' or 'stop', got {on_breakdown!r}")
+    if on_breakdown not in BREAKDOWNS:
+        raise ValueError(f"cg_breakdown must be one of {list(BREAKDOWNS)}, got {on_breakdown!r}")
     tol = check_real("cg_tol", tol, low=0.0, high=1.0)
     matvecs = 0
     if x0 is None:
@@ -67,11 +72,12 @@ def conjugate_gradient(
                     "positive definite at phi_K (is the inner problem strongly convex? damping > 0 makes it so; "
                     "cg_breakdown='stop' truncates CG there instead)"
                 )
-            frozen = frozen | negative
             if stopped is not None:
                 rows = negative.reshape(negative.shape[0], -1).any(1)  # per_task_dot keeps broadcast dims
                 stopped.extend(int(i) for i in rows.nonzero().flatten())
-            active = active & ~negative
+            halt = negative if on_breakdown == "stop" else active & (pHp == 0)
+            frozen = frozen | halt
+            active = active & ~halt
         alpha = torch.where(active, rr / torch.where(active, pHp, torch.ones_like(pHp)), torch.zeros_like(rr))
         x = x + alpha * p
         r = r - alpha * Hp
@@ -92,8 +98,8 @@ class ConjugateGradient(LinearSolver):
         super().__init__(damping)
         self.iters = check_int("cg_iters", iters, low=0)
         self.tol = check_real("cg_tol", tol, low=0.0, high=1.0)
-        if breakdown not in ("raise", "stop"):
-            raise ValueError(f"cg_breakdown must be 'raise' or 'stop', got {breakdown!r}")
+        if breakdown not in BREAKDOWNS:
+            raise ValueError(f"cg_breakdown must be one of {list(BREAKDOWNS)}, got {breakdown!r}")
         self.breakdown = breakdown
 
     def _solve(self, matvec, b, x0):
@@ -111,5 +117,5 @@ class ConjugateGradient(LinearSolver):
 
 def cg(iters: int = 5, tol: float = 0.0, damping: float = 0.0, breakdown: str = "raise") -> ConjugateGradient:
     """Conjugate gradient: ``iters`` iterations (``cg_iters``), relative residual ``tol`` in [0, 1], ``damping``,
-    ``breakdown`` on non-positive curvature (``cg_breakdown``: "raise" or "stop")."""
+    ``breakdown`` on non-positive curvature (``cg_breakdown``: "raise", "stop" or "continue")."""
     return ConjugateGradient(iters, tol, damping, breakdown)
