@@ -66,7 +66,7 @@ class MetaTrainResult:
     rss_peak_bytes: int | None = None
     cuda_max_allocated_bytes: int | None = None
     eval_seconds: float = 0.0
-    cg_truncated_steps: int = 0  # outer steps whose CG was truncated at non-positive curvature (cg_breakdown='stop')
+    cg_truncated_steps: int = 0  # outer steps whose CG met non-positive curvature (cg_breakdown 'stop' / 'continue')
     info: dict = field(default_factory=dict)  # the first outer step's hypergradient info (features, task_chunk, ...)
     status: str = "ok"
     error: str | None = None

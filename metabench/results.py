@@ -165,8 +165,8 @@ RECORD_FIELDS: dict[str, str] = {
     "test_loss": "few-shot training cases: query loss on those test episodes",
     "eval_seconds": "few-shot training cases: seconds spent in validation and test (outside wall_time_s)",
     "cg_truncated_steps": (
-        "few-shot training cases: outer steps whose CG met non-positive curvature and was truncated there "
-        "(cg_breakdown = 'stop')"
+        "few-shot training cases: outer steps whose CG met non-positive curvature (truncated there with "
+        "cg_breakdown = 'stop', gone through with 'continue')"
     ),
     # provenance
     "case_wall_s": "seconds the case took in its worker, set-up and every instrument pass included (for ETAs)",

@@ -100,6 +100,7 @@ def accuracy_rows(records: pd.DataFrame) -> dict[tuple, list[dict]]:
                 {
                     "method": _method(r),
                     "formulation": _params(r).get("formulation"),
+                    "features": r.get("features"),
                     "K": r.get("inner_steps"),
                     "lam": _params(r).get("lam"),
                     "status": r["status"],
@@ -177,13 +178,16 @@ def accuracy_section(records: pd.DataFrame, fig_dir=None) -> Section | None:
         "on GPUs) stands beside; the measured runs use generated Omniglot-shaped characters or scikit-learn's 8x8 "
         "digits, smaller nets and a few hundred outer steps on a CPU, so only the ordering and the cost columns "
         "are comparable, not the accuracies. RM-MetaL's own numbers are not transcribed here (the paper is not "
-        "among this project's sources). **steps with CG truncated** counts the outer steps whose linear solve met "
-        "non-positive curvature and stopped there (`cg_breakdown = 'stop'`, truncated CG); with the default "
-        "`'raise'` such a run ends `failed` at that step."
+        "among this project's sources). **steps where CG met p'Hp <= 0** counts the outer steps whose linear solve met "
+        "non-positive curvature: `cg_breakdown = 'stop'` truncates CG there, `'continue'` goes on as iMAML's "
+        "released code does; with the default `'raise'` such a run ends `failed` at that step. **features**: "
+        "`once` where the bilevel formulation's head problem ran on features computed once per task, `-` where "
+        "the option does not apply."
     )
     header = [
         "method",
         "formulation",
+        "features",
         "K",
         "lam",
         "status",
@@ -195,7 +199,7 @@ def accuracy_section(records: pd.DataFrame, fig_dir=None) -> Section | None:
         "peak live MiB (1 step)",
         "RSS peak MiB",
         "oracle calls / step / task",
-        "steps with CG truncated",
+        "steps where CG met p'Hp <= 0",
         "iMAML Table 2 %",
     ]
     for index, (key, rows) in enumerate(sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0]))):
@@ -221,6 +225,7 @@ def accuracy_section(records: pd.DataFrame, fig_dir=None) -> Section | None:
             [
                 r["method"],
                 fmt_number(r["formulation"]),
+                fmt_number(r["features"]),
                 fmt_number(r["K"]),
                 fmt_number(r["lam"]),
                 r["status"],
