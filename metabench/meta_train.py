@@ -77,11 +77,6 @@ def episode_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step + 1) % (2**62)
 
 
-def _problem_on(template, batch, theta: torch.Tensor):
-    """The template's network, formulation and regularisation on the episodes in ``batch`` (theta's dtype)."""
-    return template.with_tasks(*batch)
-
-
 def adapted_accuracy(problem, algorithm: Algorithm, theta: torch.Tensor, steps: int) -> tuple[float | None, float]:
     """(mean query accuracy, mean query loss) over the problem's tasks after ``steps`` steps of the algorithm's
     inner solver from phi0(theta) on each support set; accuracy None for a regression loss."""
@@ -106,7 +101,7 @@ def adapted_accuracy(problem, algorithm: Algorithm, theta: torch.Tensor, steps: 
 
 def _evaluate(template, source, split, episodes, seed, algorithm, theta, steps, episode):
     batch = source.tasks(split, *episode, episodes, seed=seed, dtype=theta.dtype)
-    return adapted_accuracy(_problem_on(template, batch, theta), algorithm, theta, steps)
+    return adapted_accuracy(template.with_tasks(*batch), algorithm, theta, steps)
 
 
 def meta_train(
@@ -171,7 +166,7 @@ def meta_train(
             evaluate(0)
             for t in range(outer_steps):
                 batch = source.tasks("train", *episode, meta_batch, seed=episode_seed(seed, t), dtype=theta.dtype)
-                problem = _problem_on(template, batch, theta)
+                problem = template.with_tasks(*batch)
                 if t == 0:  # the memory of one outer step, outside the clock (the result is dropped)
                     with LiveTensorTracker() as tracker:
                         algorithm.hypergradient(problem, theta.detach())

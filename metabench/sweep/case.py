@@ -403,7 +403,7 @@ def _measure_case(case: dict, record: dict, instruments) -> dict:
         raise CaseNotApplicable(str(err)) from None
     if record["mode"] == "train" and trains_to_accuracy(problem):
         try:
-            params, source = accuracy_training_params(case), task_source_of(case)
+            params, source = accuracy_training_params(case, problem), task_source_of(case)
         except ValueError as err:
             raise InvalidCase(str(err)) from None
         try:

@@ -139,19 +139,12 @@ def trains_to_accuracy(problem) -> bool:
     return bool(getattr(problem, "trains_to_accuracy", False))
 
 
-def accuracy_training_params(case: dict) -> dict:
-    """The checked keyword arguments of ``meta_train`` a few-shot training case gives (ValueError if bad)."""
-    out = {}
-    steps, lr, optimizer = case.get("outer_steps", 50), case.get("outer_lr", "auto"), case.get("optimizer", "sgd")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"outer_steps must be an integer >= 0, got {steps!r}")
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    if lr == "auto":
-        raise ValueError("outer_lr = 'auto' needs the meta-objective's Hessian, which a network lacks: give a number")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"outer_lr must be a positive number, got {lr!r}")
-    out.update(outer_steps=steps, outer_lr=float(lr), optimizer=optimizer)
+def accuracy_training_params(case: dict, problem) -> dict:
+    """The checked keyword arguments of ``meta_train`` a few-shot training case gives (ValueError if bad): the
+    outer steps, step size and optimizer as every training case takes them (``training_params``; ``outer_lr =
+    "auto"`` needs a closed form, which a network lacks), and ``ACCURACY_TRAIN_DEFAULTS``."""
+    outer_steps, outer_lr, optimizer = training_params(case, problem)
+    out = {"outer_steps": outer_steps, "outer_lr": outer_lr, "optimizer": optimizer}
     for name, default in ACCURACY_TRAIN_DEFAULTS.items():
         value = case.get(name, default)
         low = 0 if name == "fine_tune_steps" else 1
