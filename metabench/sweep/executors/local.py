@@ -134,7 +134,7 @@ class LocalExecutor(Executor):
         ends = []
         known = {**self._known, **(getattr(self._pool, "_processes", None) or {})}
         for process in known.values():
-            process.join(timeout=1.0)  # a dead worker's status is set once it is reaped
+            process.join(timeout=5.0)  # a dead worker's status is set once it is reaped (slow on a loaded machine)
             code = process.exitcode
             if code is None or code == 0:
                 continue
