@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 
 import pytest
 import torch
@@ -216,6 +217,42 @@ def test_revolve_stores_its_snapshots_and_recomputes_more_with_fewer():
         "maml_checkpointed", inner_steps=40, inner_lr=lr, schedule="revolve", snapshot_memory=100.0
     )
     assert budget.hypergradient(problem, theta).info["snapshots"] == 2
+
+
+def _forward_steps(actions) -> int:
+    from checkpoint_schedules import EndReverse, Forward
+
+    steps = 0
+    for action in actions:
+        if isinstance(action, Forward):
+            steps += action.n1 - action.n0
+        if isinstance(action, EndReverse):
+            return steps
+    raise AssertionError("the schedule has no EndReverse")
+
+
+def _binomial_optimum(K: int, s: int) -> int:
+    """Griewank's fewest inner steps run (forward and recomputed) to reverse K steps with s snapshots:
+    (t + 1) K - C(s + t, t - 1), t the least with C(s + t, s) >= K."""
+    t = 0
+    while math.comb(s + t, s) < K:
+        t += 1
+    return (t + 1) * K - math.comb(s + t, t - 1) if t else K
+
+
+def test_revolve_schedule_runs_the_binomial_optimum_as_checkpoint_schedules_revolve_does():
+    """The multistage generator (no disk) is binomial checkpointing: the same step count as the package's Revolve
+    (which takes minutes to list its actions at K = 10,000) and Griewank's closed form, up to K = 10,000."""
+    from checkpoint_schedules import Revolve
+
+    from metabench.algorithms.checkpoint_schedule import build_schedule
+
+    for K in range(1, 31):
+        for s in range(1, 5):
+            ours = _forward_steps(build_schedule("revolve", K, snapshots=s))
+            assert ours == _forward_steps(Revolve(K, s)) == _binomial_optimum(K, s), (K, s)
+    for K, s in ((1000, 10), (10_000, 10), (10_000, 100)):
+        assert _forward_steps(build_schedule("revolve", K, snapshots=s)) == _binomial_optimum(K, s), (K, s)
 
 
 def test_revolve_memory_stays_below_plain_maml_at_a_tenth_of_the_steps():
