@@ -71,8 +71,14 @@ ROW_KEYS = (
     "rel_diff",
     "rel_diff_float64",
     "time_ratio_to_best_peer",
+    "time_ratio_iqr",
     "memory_ratio_to_best_peer",
+    "compile",
+    "compile_s",
 )
+#: metabench's algorithms that also run with ``compile="on"`` (their untracked inner gradients under
+#: torch.compile; maml's differentiated steps stay eager, so it has no such row)
+COMPILED = ("fomaml", "imaml")
 
 
 def peer(name: str):
@@ -123,6 +129,7 @@ def compare(
     damping: float = 0.0,
     rounds: int = 5,
     check_float64: bool = False,
+    compiled: bool = False,
     verbose: bool = True,
 ) -> list[dict]:
     """Agreement, time and peak live-tensor bytes of one meta-gradient per algorithm and implementation.
@@ -133,13 +140,17 @@ def compare(
     metabench's row comes first, then one row per requested peer that implements it (an unavailable
     peer gives a ``status="skipped"`` row with the reason). ``rel_diff`` is each peer's relative l2
     difference to metabench's result in theta's dtype (``rel_diff_float64`` with ``check_float64``).
-    ``theta`` defaults to ``problem.initial_theta()``. Ratios are each row's time (memory) over the best
-    peer's for the same algorithm; None where no peer ran.
+    ``theta`` defaults to ``problem.initial_theta()``. ``compiled``: also a row "metabench+compile" for the
+    algorithms of :data:`COMPILED` (option ``compile="on"``; its ``compile`` says what ran and ``compile_s`` the
+    first call's compile time, which the warm-up call absorbs and the timing leaves out).
 
     Timing is interleaved: after each implementation's check (which warms it up) and its memory pass,
     ``rounds`` rounds each time one call of every implementation of the algorithm in turn, and
     ``time_s`` is the median over rounds. A slow drift of a shared machine then moves every
-    implementation alike instead of favouring whichever ran in a quiet moment.
+    implementation alike instead of favouring whichever ran in a quiet moment. The time ratio is paired:
+    ``time_ratio_to_best_peer`` is the median over rounds of (this row's time in the round) / (the fastest
+    peer's time in the same round), and ``time_ratio_iqr`` its interquartile range (the noise of the ratio).
+    The memory ratio is the row's peak over the smallest peer's peak. Ratios are None where no peer ran.
     """
     from metabench._checks import check_int
 
@@ -162,13 +173,16 @@ def compare(
     for algorithm in algorithms:
         rows += _compare_one(
             algorithm, problem, theta, index, inner_steps, inner_lr, peers, cg_iters, damping, rounds,
-            check_float64, say,
+            check_float64, say, compiled and algorithm in COMPILED,
         )  # fmt: skip
     return rows
 
 
-def _compare_one(algorithm, problem, theta, index, K, lr, peers, cg_iters, damping, rounds, check64, say):
-    """The rows of one algorithm: metabench's, then each peer implementing it, with ratios to the best peer."""
+def _compare_one(
+    algorithm, problem, theta, index, K, lr, peers, cg_iters, damping, rounds, check64, say, compiled=False
+):
+    """The rows of one algorithm: metabench's (and metabench+compile's), then each peer implementing it, with
+    ratios to the best peer."""
     import metabench as mb
 
     target = problem.with_lam(IMAML_LAM) if algorithm == "imaml" else problem
@@ -176,6 +190,17 @@ def _compare_one(algorithm, problem, theta, index, K, lr, peers, cg_iters, dampi
     extra = {"cg_iters": cg_iters, "damping": damping} if algorithm == "imaml" else {}
     adapter = mb.get_algorithm(algorithm, **options, **extra)
     calls = {"metabench": lambda t: adapter.hypergradient(target, t, tasks=index).grad}
+    compile_info = {}
+    if compiled:
+        on = mb.get_algorithm(algorithm, **options, **extra, compile="on")
+
+        def call_compiled(t):
+            result = on.hypergradient(target, t, tasks=index)
+            compile_info.setdefault(t.dtype, result.info)  # the first call's: what ran and its compile time
+            compile_info["last"] = result.info  # the latest call's (a timed one, once timing ran)
+            return result.grad
+
+        calls["metabench+compile"] = call_compiled
     skipped = {}
     for name, (module, reason) in peers.items():
         if not hasattr(peer(name), f"{algorithm}_meta_gradient"):
@@ -192,10 +217,19 @@ def _compare_one(algorithm, problem, theta, index, K, lr, peers, cg_iters, dampi
     reference = reference64 = None
     rows = []
     for name, fn in calls.items():
-        row = base | {"implementation": name, "source": "metabench" if name == "metabench" else "peer"}
+        ours = name.startswith("metabench")
+        row = base | {"implementation": name, "source": "metabench" if ours else "peer"}
         row.update(status="ok", reason=peers[name][1] if name in peers else f"metabench {algorithm}")
         try:
             grad = fn(theta)
+            if name == "metabench+compile":
+                info = compile_info[theta.dtype]
+                row.update(compile=info.get("compile"), compile_s=info.get("compile_s"))
+                row["reason"] = f"compile='on': {info.get('compile')}" + (
+                    f" (first call {info['compile_s']:.1f} s, not timed)" if info.get("compile_s") else ""
+                )
+                if info.get("compile") == "compiled":
+                    row["reason"] += "; memory: its eager steps (the tracker runs compiled code eager)"
             if name == "metabench":
                 reference = grad
                 reference64 = calls[name](theta.double()) if check64 else None
@@ -214,18 +248,32 @@ def _compare_one(algorithm, problem, theta, index, K, lr, peers, cg_iters, dampi
                 reference = None
         rows.append(row)
     _time_interleaved([r for r in rows if r["status"] == "ok"], calls, theta, rounds, say)
+    for row in rows:  # the timed calls of metabench+compile ran what the last one says (a fallback is said)
+        last = compile_info.get("last", {}).get("compile")
+        if row["implementation"] == "metabench+compile" and row["status"] == "ok" and last != row["compile"]:
+            row["reason"] += f"; the timed calls ran {last!r}"
+            row["compile"] = last
     for name, reason in skipped.items():
         rows.append(base | {"implementation": name, "source": "peer", "status": "skipped", "reason": reason})
         say(f"[peers] {algorithm} / {name}: skipped ({reason})")
     ran = [r for r in rows if r["source"] == "peer" and r["status"] == "ok"]
     if ran:
-        best_time = min(r["time_s"] for r in ran)
         best_mem = min(r["peak_live_bytes"] for r in ran)
+        best_per_round = [min(r["round_times"][i] for r in ran) for i in range(rounds)]
         for r in rows:
             if r["status"] == "ok":
-                r["time_ratio_to_best_peer"] = r["time_s"] / best_time
+                ratios = [mine / best for mine, best in zip(r["round_times"], best_per_round)]
+                q1, median, q3 = _quartiles(ratios)
+                r["time_ratio_to_best_peer"], r["time_ratio_iqr"] = median, q3 - q1
                 r["memory_ratio_to_best_peer"] = r["peak_live_bytes"] / best_mem if best_mem else math.nan
+    for r in rows:
+        r.pop("round_times", None)
     return rows
+
+
+def _quartiles(values) -> tuple[float, float, float]:
+    spent = torch.tensor(values, dtype=torch.float64)
+    return tuple(float(x) for x in torch.quantile(spent, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)))
 
 
 def _time_interleaved(rows, calls, theta, rounds, say) -> None:
@@ -241,7 +289,6 @@ def _time_interleaved(rows, calls, theta, rounds, say) -> None:
             synchronize(theta.device)
             spent.append(time.perf_counter() - start)
     for row in rows:
-        spent = torch.tensor(times[row["implementation"]], dtype=torch.float64)
-        q1, median, q3 = (float(x) for x in torch.quantile(spent, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)))
-        row.update(time_s=median, time_iqr_s=q3 - q1, time_runs=rounds)
+        q1, median, q3 = _quartiles(times[row["implementation"]])
+        row.update(time_s=median, time_iqr_s=q3 - q1, time_runs=rounds, round_times=times[row["implementation"]])
         say(f"[peers] {row['algorithm']} / {row['implementation']}: {median:.3f} s (median of {rounds})")

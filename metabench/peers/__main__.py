@@ -32,7 +32,7 @@ def table(rows: list[dict]) -> str:
     """The Markdown table of :func:`~metabench.peers.compare` rows (several algorithms, task batches and K allowed)."""
     head = (
         "| algorithm | task batch | K | implementation | time (s) | peak live MB | rel. diff to metabench "
-        "| time / best peer | memory / best peer | note |"
+        "| time / best peer (IQR) | memory / best peer | note |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
@@ -44,9 +44,12 @@ def table(rows: list[dict]) -> str:
         if r.get("rel_diff_float64") is not None:
             diff += f" (f64 {r['rel_diff_float64']:.1e})"
         mem = r["peak_live_bytes"] / 2**20
-        note = r["reason"] if r["source"] == "peer" else ""
+        note = r["reason"] if r["source"] == "peer" or r["implementation"] != "metabench" else ""
+        ratio = _fmt(r["time_ratio_to_best_peer"], ".2f")
+        if r.get("time_ratio_iqr") is not None:
+            ratio += f" ({r['time_ratio_iqr']:.2f})"
         lines.append(
-            f"{lead} | {r['time_s']:.3f} | {mem:.1f} | {diff} | {_fmt(r['time_ratio_to_best_peer'], '.2f')} "
+            f"{lead} | {r['time_s']:.3f} | {mem:.1f} | {diff} | {ratio} "
             f"| {_fmt(r['memory_ratio_to_best_peer'], '.2f')} | {note} |"
         )
     return "\n".join(lines)
@@ -65,6 +68,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per point (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as the suites)")
     parser.add_argument("--float64-check", action="store_true", help="also check agreement in float64")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time metabench's fomaml and imaml with compile='on'"
+    )
     parser.add_argument("--implementations", default=",".join(PEERS), help="peers, comma-separated (default: all)")
     parser.add_argument("--out", default=None, help="write the Markdown table here (e.g. reports/peers.md)")
     args = parser.parse_args(argv)
@@ -82,7 +88,7 @@ def main(argv=None) -> int:
             rows += compare(
                 problem, list(range(n_tasks)), steps, args.inner_lr, names, algorithms=algorithms,
                 cg_iters=args.cg_iters, damping=args.damping, rounds=args.rounds,
-                check_float64=args.float64_check,
+                check_float64=args.float64_check, compiled=args.compile,
             )  # fmt: skip
     text = "\n".join(
         [
@@ -93,8 +99,16 @@ def main(argv=None) -> int:
             "(its system is (H + (lam + damping) I) v = grad L(phi_K)); each peer is checked against metabench's "
             "result for the same algorithm (relative l2 difference). Ratios: this row / the best available peer "
             "for the same algorithm, task batch and K (< 1 is better). Time: median of "
-            f"{args.rounds} interleaved rounds (one call of each implementation per round); "
-            "memory: peak live-tensor bytes (`LiveTensorTracker`).",
+            f"{args.rounds} interleaved rounds (one call of each implementation per round); the time ratio is "
+            "paired: the median over rounds of this row's time / the fastest peer's time in the same round, with "
+            "its interquartile range in brackets (the ratio's noise on this machine); "
+            "memory: peak live-tensor bytes (`LiveTensorTracker`)."
+            + (
+                " metabench+compile: the same adapter with compile='on' (untracked inner gradients under "
+                "torch.compile, checked against eager first; its compile time is in the note, not in the timing)."
+                if args.compile
+                else ""
+            ),
             f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
             f"{args.threads} thread(s); {time.perf_counter() - started:.0f} s in all.",
             "",
