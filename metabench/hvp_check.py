@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from metabench.measure.forked import run_forked
 from metabench.measure.machine import machine_info
 from metabench.measure.memory import LiveTensorTracker
-from metabench.oracle import HVP_MODES, HVP_TOL, Oracle, check_hvp_modes, hvp_point
+from metabench.oracle import HVP_MODES, HVP_TOL, TORCH_FUNC_MODES, Oracle, check_hvp_modes, hvp_point
 
 __all__ = ["HVP_TOL", "check_hvp_modes", "layer_types", "time_hvp_modes"]
 
@@ -73,36 +74,20 @@ def time_hvp_modes(problem, theta: torch.Tensor, modes=HVP_MODES, rounds: int = 
     }
 
 
-#: modes that run torch.func transforms: their memory is measured in a forked child, since the live-tensor
-#: tracker (a TorchDispatchMode) has crashed the process (segfault) under torch.func on the few-shot nets
-TORCH_FUNC_MODES = ("forward_over_reverse", "reverse_over_forward")
-
-
 def _peak(fn, in_child: bool) -> int | str:
     """Peak live-tensor bytes of ``fn()``; with ``in_child``, in a forked process (a crash there is reported as
-    text, not taken down with it)."""
-    if not in_child:
+    text, not taken down with it: the live-tensor tracker is a TorchDispatchMode, and torch.func's modes have
+    crashed the process under one, ``metabench.oracle.check_hvp_modes``)."""
+
+    def peak() -> int:
         with LiveTensorTracker() as tracker:
             fn()
         return int(tracker.peak_bytes)
-    import multiprocessing
 
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return "unavailable: measuring it needs a forked process (no fork on this platform)"
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-
-    def child():
-        with LiveTensorTracker() as tracker:
-            fn()
-        send.send(int(tracker.peak_bytes))
-
-    proc = ctx.Process(target=child)
-    proc.start()
-    proc.join()
-    if proc.exitcode == 0 and receive.poll():
-        return receive.recv()
-    return f"unavailable: the live-tensor tracker crashed under torch.func here (child exit code {proc.exitcode})"
+    if not in_child:
+        return peak()
+    ran, value = run_forked(peak)
+    return value if ran else f"unavailable: under the live-tensor tracker {value}"
 
 
 def _models(check: bool):
@@ -153,7 +138,9 @@ def to_markdown(table: dict) -> str:
         for mode in [*HVP_MODES, "reverse_build"]:
             check = row["check"].get(mode, row["check"]["reverse"] if mode == "reverse_build" else None)
             timing = row["timing"].get(mode)
-            if check["agree"]:
+            if check["agree"] and check.get("dispatch_error"):
+                verdict = f"agrees; **refused**: {check['dispatch_error']}"
+            elif check["agree"]:
                 verdict = "agrees"
             elif check.get("error"):
                 verdict = f"**fails**: {check['error']}"

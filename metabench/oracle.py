@@ -34,10 +34,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["HVP_MODES", "HVP_TOL", "Linearization", "Oracle", "OracleCounts", "check_hvp_modes", "require_hvp_mode"]
+__all__ = [
+    "HVP_MODES",
+    "HVP_TOL",
+    "TORCH_FUNC_MODES",
+    "Linearization",
+    "Oracle",
+    "OracleCounts",
+    "check_hvp_modes",
+    "require_hvp_mode",
+]
 
 HVP_MODES = ("reverse", "reverse_rebuild", "forward_over_reverse", "reverse_over_forward")
+#: the modes formed by torch.func transforms (probed under a dispatch mode: ``check_hvp_modes``)
+TORCH_FUNC_MODES = ("forward_over_reverse", "reverse_over_forward")
 #: a mode agrees with reverse mode when its float64 relative error is below this (round-off is ~1e-12)
 HVP_TOL = 1e-8
 
@@ -201,12 +213,40 @@ def hvp_point(problem, theta: torch.Tensor, seed: int):
     return tasks, phi, u
 
 
-def check_hvp_modes(problem, theta: torch.Tensor, seed: int = 0, directions: int = 2) -> dict[str, dict]:
-    """Every mode against "reverse" in float64: ``{mode: {"rel_error", "agree", "error"}}``, the worst relative
-    error over ``directions`` random directions (agree: <= ``HVP_TOL``), or the exception a mode raised on this
-    model (``error``; rel_error None, agree False). torch 2.13, measured: "reverse_over_forward" is wrong through
-    ``F.batch_norm`` with batch statistics (the reverse derivative of its forward-mode tangent disagrees with
-    finite differences of that tangent), "forward_over_reverse" raises "ZeroTensors are immutable" on a ReLU MLP."""
+class _PassThrough(TorchDispatchMode):
+    """A dispatch mode that only calls each op: what any measuring mode does at the least."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def _dispatch_probe(problem, theta, tasks, phi, u, mode: str) -> str | None:
+    """None if one product in ``mode`` runs under a TorchDispatchMode, else why not. Run in a forked child: in
+    torch 2.13 "reverse_over_forward" on the sinusoid MLP dies with a segfault under any dispatch mode (a
+    pass-through one too), and metabench's live-tensor tracker and FLOP counter are dispatch modes."""
+    from metabench.measure.forked import run_forked
+
+    def one() -> bool:
+        lin = Oracle(problem, tasks).linearize(theta, phi, hvp=mode)
+        with _PassThrough():
+            lin.hvp(u)
+        return True
+
+    ran, why = run_forked(one)
+    return None if ran else f"one product under a TorchDispatchMode (as the memory and FLOP instruments are): {why}"
+
+
+def check_hvp_modes(
+    problem, theta: torch.Tensor, seed: int = 0, directions: int = 2, probe_dispatch: bool = True
+) -> dict[str, dict]:
+    """Every mode against "reverse" in float64: ``{mode: {"rel_error", "agree", "error", "dispatch_error"}}``, the
+    worst relative error over ``directions`` random directions (agree: <= ``HVP_TOL``), or the exception a mode
+    raised on this model (``error``; rel_error None, agree False). torch 2.13, measured: "reverse_over_forward" is
+    wrong through ``F.batch_norm`` with batch statistics (the reverse derivative of its forward-mode tangent
+    disagrees with finite differences of that tangent), "forward_over_reverse" raises "ZeroTensors are immutable"
+    on a ReLU MLP. With ``probe_dispatch``, each agreeing mode of ``TORCH_FUNC_MODES`` is also run once under a
+    dispatch mode in a forked child (``dispatch_error``: None, or why it died there: "reverse_over_forward" on the
+    ReLU MLP segfaults)."""
     if theta.dtype != torch.float64:
         raise ValueError(f"the HVP check runs in float64 (round-off far below a wrong product); got {theta.dtype}")
     tasks, phi, _ = hvp_point(problem, theta, seed)
@@ -219,15 +259,24 @@ def check_hvp_modes(problem, theta: torch.Tensor, seed: int = 0, directions: int
             lin = Oracle(problem, tasks).linearize(theta, phi, hvp=mode)
             worst = max(float((lin.hvp(u) - r).norm() / r.norm()) for u, r in zip(directions_u, refs))
         except Exception as error:  # noqa: BLE001 - a mode torch cannot run here is a finding, not a crash
-            out[mode] = {"rel_error": None, "agree": False, "error": f"{type(error).__name__}: {error}".split("\n")[0]}
+            out[mode] = {
+                "rel_error": None,
+                "agree": False,
+                "error": f"{type(error).__name__}: {error}".split("\n")[0],
+                "dispatch_error": None,
+            }
             continue
-        out[mode] = {"rel_error": worst, "agree": worst <= HVP_TOL, "error": None}
+        agree = worst <= HVP_TOL
+        probe = probe_dispatch and agree and mode in TORCH_FUNC_MODES
+        dispatch_error = _dispatch_probe(problem, theta, tasks, phi, directions_u[0], mode) if probe else None
+        out[mode] = {"rel_error": worst, "agree": agree, "error": None, "dispatch_error": dispatch_error}
     return out
 
 
 def require_hvp_mode(problem, mode: str) -> None:
-    """Raise ValueError unless ``mode`` agrees with reverse mode on ``problem`` (checked once per problem, in
-    float64 at the problem's initial theta, or theta = 0; the verdict is cached on the problem)."""
+    """Raise ValueError unless ``mode`` agrees with reverse mode on ``problem`` and runs under a dispatch mode there
+    (checked once per problem, in float64 at the problem's initial theta, or theta = 0; the verdict is cached on
+    the problem)."""
     if mode == "reverse":
         return
     cache = problem.__dict__.setdefault("_hvp_checks", {})
@@ -235,6 +284,12 @@ def require_hvp_mode(problem, mode: str) -> None:
         start = problem.initial_theta() if hasattr(problem, "initial_theta") else torch.zeros(problem.theta_shape)
         cache.update(check_hvp_modes(problem, start.detach().to(torch.float64)))
     verdict = cache[mode]
+    if verdict.get("dispatch_error"):
+        raise ValueError(
+            f"hvp={mode!r} computes the Hessian-vector product on this model, but torch cannot run it under a "
+            f"dispatch mode here ({verdict['dispatch_error']}), so metabench could not measure its memory or FLOPs "
+            "without the process dying; use hvp='reverse' (python -m metabench.hvp_check tabulates every mode)"
+        )
     if not verdict["agree"]:
         why = verdict["error"] or f"relative error {verdict['rel_error']:.3g} to reverse mode in float64"
         raise ValueError(

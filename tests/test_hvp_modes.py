@@ -109,3 +109,50 @@ def test_timing_reports_ratios_to_one_gradient():
     assert set(timing) == {"gradient", *HVP_MODES, "reverse_build"}
     assert timing["gradient"]["time_ratio"] == 1.0 and timing["gradient"]["memory_ratio"] == 1.0
     assert all(t["time_s"] > 0 for t in timing.values())
+
+
+def test_run_forked_returns_the_value_or_why_the_child_gave_none():
+    import os
+    import signal
+    import time
+
+    from metabench.measure.forked import run_forked
+
+    assert run_forked(lambda: torch.ones(3).sum().item()) == (True, 3.0)
+    ran, why = run_forked(lambda: os.kill(os.getpid(), signal.SIGSEGV))
+    assert not ran and "SIGSEGV" in why
+    ran, why = run_forked(lambda: 1 / 0)
+    assert not ran and "ZeroDivisionError" in why
+    ran, why = run_forked(lambda: time.sleep(30), timeout_s=0.5)
+    assert not ran and "did not finish within 0.5 s" in why
+
+
+def test_a_mode_that_dies_under_a_dispatch_mode_is_refused(monkeypatch):
+    """The memory and FLOP instruments are dispatch modes: a torch.func mode that takes the process down under one
+    (reverse_over_forward on the ReLU MLP, torch 2.13) is refused before it runs, with the reason."""
+    from metabench import oracle
+
+    calls = []
+
+    def dies(*args):
+        calls.append(args[-1])
+        return "one product under a TorchDispatchMode: the child process died (exit code -11, SIGSEGV)"
+
+    monkeypatch.setattr(oracle, "_dispatch_probe", dies)
+    problem = FewShotClassification.generate(
+        dataset="digits", ways=3, shots=2, query=2, n_tasks=1, filters=4, norm="none", lam=1.0, dtype=torch.float64
+    )
+    with pytest.raises(ValueError, match="cannot run it under a dispatch mode here .*SIGSEGV"):
+        oracle.require_hvp_mode(problem, "forward_over_reverse")
+    assert sorted(calls) == sorted(oracle.TORCH_FUNC_MODES)  # only the torch.func modes are probed
+    oracle.require_hvp_mode(problem, "reverse_rebuild")  # not a torch.func mode: not probed, allowed
+
+
+def test_the_probe_finds_what_runs_under_a_dispatch_mode():
+    """On the conv net without normalisation both torch.func modes run under a dispatch mode; where one does not
+    (torch 2.13: reverse_over_forward on the ReLU MLP segfaults), the check says how the child died."""
+    check = check_hvp_modes(NETS["conv-none"], NETS["conv-none"].initial_theta())
+    assert all(check[m]["dispatch_error"] is None for m in ("forward_over_reverse", "reverse_over_forward"))
+    mlp = check_hvp_modes(NETS["mlp"], NETS["mlp"].initial_theta())["reverse_over_forward"]
+    assert mlp["agree"]
+    assert mlp["dispatch_error"] is None or "died" in mlp["dispatch_error"]
